@@ -1,0 +1,41 @@
+# Quickstart targets. Each creates .venv with python3 and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/demo
+
+.PHONY: demo test test-fast bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## make demo: the whole World Models pipeline on pixel CartPole (cpu-small preset).
+demo: install
+	$(BIN)/wmj run --env CartPolePixels-v1 --preset cpu-small --out $(OUT)
+
+## make test: the full test suite.
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+## make test-fast: the fast subset, for the inner loop.
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## make bench: the quick benchmark suite (regenerates benchmarks/BENCHMARKS.md).
+bench: install-dev
+	$(BIN)/wmj bench --quick
+
+clean:
+	rm -rf runs .pytest_cache
