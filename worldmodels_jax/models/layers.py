@@ -1,0 +1,319 @@
+"""Stride-2 convolution layers that are fast on XLA's CPU backend, with the maths of the plain Flax layers.
+
+XLA's CPU convolutions are weak, and its stride-2 *transposed* convolutions are the weakest: it lowers them to a
+convolution over an input with zeros inserted between the pixels (lhs dilation), so three quarters of the
+multiply-adds hit zeros, and its backward passes go through Eigen's generic convolution code. On this project's
+2-core CPU that makes the paper's ConvVAE train about 6x slower than PyTorch (see docs/fast_cpu_layers.md).
+
+This module computes exactly the same functions with formulations that XLA's CPU backend runs well:
+
+* `conv_transpose_s2(x, kernel)` is `lax.conv_transpose(x, kernel, (2, 2), "VALID")` (Flax's
+  `nn.ConvTranspose(..., strides=(2, 2), padding="VALID")`, `transpose_kernel=False`) computed by *polyphase
+  decomposition*: output pixel (2m+py, 2n+px) only ever sees the kernel taps kernel[qy::2, qx::2] with
+  q = 1 - p, so each of the four output phases is an ordinary stride-1 convolution of the (padded) input with a
+  sub-kernel. The four phases are stacked on the output-feature axis of ONE matmul over im2col patches and then
+  interleaved (depth-to-space). No zeros are inserted and no multiply-add is wasted (for odd kernels, a quarter
+  of the taps of one padded sub-kernel are zero). On a 1x1 input (the first decoder layer) it is a plain dense
+  matmul.
+* `conv_s2(x, kernel)` is `lax.conv_general_dilated(x, kernel, (2, 2), "VALID")` (Flax's
+  `nn.Conv(..., strides=(2, 2), padding="VALID")`) computed as an im2col matmul: the k*k strided slices of the
+  input are concatenated on the feature axis and multiplied by the kernel reshaped to (k*k*in, out).
+
+Both use only slices, concatenations, reshapes and one `dot_general` per layer, so their gradients (which JAX
+derives) are matmuls plus pads/adds as well.
+
+`ConvS2` and `ConvTransposeS2` are drop-in Linen modules: the same parameter names (`kernel` with shape
+(kh, kw, in, out), `bias` with shape (out,)), the same initialisers (lecun_normal, zeros) and the same outputs
+as `nn.Conv` / `nn.ConvTranspose` with stride 2 and VALID padding. Their `impl` field picks the formulation:
+
+* "xla": XLA's native convolution ops (the same HLO as the plain Flax layers; cuDNN on GPU);
+* "fast": the matmul formulations above;
+* "auto" (default): "fast" on the CPU backend, "xla" elsewhere.
+
+Use `make_conv` / `make_conv_transpose` to build them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from worldmodels_jax.errors import ConfigError, ShapeError
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+IMPLS = ("auto", "xla", "fast")
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """Map "auto" | "xla" | "fast" to the concrete formulation for `backend` (default: JAX's default backend).
+
+    "auto" is "fast" on the CPU backend and "xla" elsewhere, where XLA calls cuDNN (or the TPU's native ops).
+    """
+    if impl not in IMPLS:
+        raise ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend() if backend is None else backend
+    return "fast" if backend == "cpu" else "xla"
+
+
+def _check_nhwc(x: Array, kernel: Array, what: str) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{what}: expected an NHWC batch (B, H, W, C), got shape {x.shape}")
+    if kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ShapeError(
+            f"{what}: kernel must be (kh, kw, in={x.shape[3]}, out), got kernel {kernel.shape} for input {x.shape}"
+        )
+
+
+def _patches(x: Array, ky: int, kx: int, stride: int, out_h: int, out_w: int) -> Array:
+    """im2col: (B, H, W, C) -> (B, out_h, out_w, ky*kx*C), taps ordered (a, b, c) like a reshaped HWIO kernel."""
+    cols = []
+    for a in range(ky):
+        for b in range(kx):
+            cols.append(
+                lax.slice(
+                    x,
+                    (0, a, b, 0),
+                    (x.shape[0], a + stride * (out_h - 1) + 1, b + stride * (out_w - 1) + 1, x.shape[3]),
+                    (1, stride, stride, 1),
+                )
+            )
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _matmul_last(p: Array, w2: Array, precision: Any) -> Array:
+    """(..., K) @ (K, N) as a single 2-D dot (XLA's CPU backend runs 2-D dots best)."""
+    lead = p.shape[:-1]
+    y = jnp.dot(p.reshape(-1, p.shape[-1]), w2, precision=precision)
+    return y.reshape(*lead, w2.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stride-2 VALID convolution
+# --------------------------------------------------------------------------------------------------------------
+
+
+def conv_s2_xla(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Reference: XLA's native stride-2 VALID convolution (what `nn.Conv` emits)."""
+    return lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=_DIMS, precision=precision)
+
+
+def conv_s2_im2col(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Stride-2 VALID convolution as one im2col matmul: (B*Ho*Wo, k*k*C) @ (k*k*C, O)."""
+    _check_nhwc(x, kernel, "conv_s2")
+    ky, kx, cin, cout = kernel.shape
+    out_h = (x.shape[1] - ky) // 2 + 1
+    out_w = (x.shape[2] - kx) // 2 + 1
+    if out_h < 1 or out_w < 1:
+        raise ShapeError(f"conv_s2: input {x.shape} is smaller than the kernel {kernel.shape[:2]}")
+    p = _patches(x, ky, kx, 2, out_h, out_w)
+    return _matmul_last(p, kernel.reshape(ky * kx * cin, cout), precision)
+
+
+def conv_s2_s2d(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Stride-2 VALID convolution as space-to-depth + a stride-1 XLA convolution (even kernels only)."""
+    _check_nhwc(x, kernel, "conv_s2")
+    ky, kx, cin, cout = kernel.shape
+    if ky % 2 or kx % 2:
+        raise ShapeError("conv_s2_s2d needs even kernel sizes")
+    out_h = (x.shape[1] - ky) // 2 + 1
+    out_w = (x.shape[2] - kx) // 2 + 1
+    b = x.shape[0]
+    x = x[:, : 2 * (out_h - 1) + ky, : 2 * (out_w - 1) + kx, :]
+    h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+    xs = x.reshape(b, h2, 2, w2, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4 * cin)
+    ks = kernel.reshape(ky // 2, 2, kx // 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    ks = ks.reshape(ky // 2, kx // 2, 4 * cin, cout)
+    return lax.conv_general_dilated(xs, ks, (1, 1), "VALID", dimension_numbers=_DIMS, precision=precision)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stride-2 VALID transposed convolution (Flax / lax.conv_transpose convention, transpose_kernel=False)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def conv_transpose_s2_xla(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Reference: XLA's native stride-2 VALID transposed convolution (what `nn.ConvTranspose` emits)."""
+    return lax.conv_transpose(x, kernel, (2, 2), "VALID", dimension_numbers=_DIMS, precision=precision)
+
+
+def _even_kernel(kernel: Array) -> tuple[Array, int, int]:
+    """Pad an odd kernel with a leading zero row/column, so it is even; return it and the extra output rows/cols.
+
+    In lax.conv_transpose's convention, out[o] = sum_i x[i] * kernel[k - 1 - (o - 2i)]. Prepending a zero tap
+    makes a kernel of size k + 1 whose first (in-1)*2 + k outputs are the original ones, plus one trailing output.
+    """
+    ky, kx = kernel.shape[:2]
+    pad_y, pad_x = ky % 2, kx % 2
+    if pad_y or pad_x:
+        kernel = jnp.pad(kernel, ((pad_y, 0), (pad_x, 0), (0, 0), (0, 0)))
+    return kernel, pad_y, pad_x
+
+
+def _phase_kernel(kernel: Array) -> Array:
+    """(2Ly, 2Lx, C, O) even kernel -> (Ly, Lx, C, 4*O) with the phases (py, px) stacked on the last axis.
+
+    Output phase p of a stride-2 transposed convolution (VALID, no kernel flip) is the stride-1 correlation of
+    the input padded by L-1 on both sides with the sub-kernel kernel[1-p::2].
+    """
+    ly, lx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    c, o = kernel.shape[2], kernel.shape[3]
+    # kernel[2a + q, 2b + r] -> (a, q, b, r); phase p uses q = 1 - p, so reverse q and r.
+    k6 = kernel.reshape(ly, 2, lx, 2, c, o)[:, ::-1, :, ::-1]
+    return k6.transpose(0, 2, 4, 1, 3, 5).reshape(ly, lx, c, 4 * o)
+
+
+def _interleave(y: Array, out_h: int, out_w: int) -> Array:
+    """(B, H, W, 4*O) with phases (py, px, o) -> (B, 2H, 2W, O) depth-to-space, cropped to (out_h, out_w)."""
+    b, h, w, c4 = y.shape
+    o = c4 // 4
+    y = y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, o)
+    if (2 * h, 2 * w) != (out_h, out_w):
+        y = y[:, :out_h, :out_w, :]
+    return y
+
+
+def conv_transpose_s2_phase(x: Array, kernel: Array, precision: Any = None, method: str = "im2col") -> Array:
+    """Stride-2 VALID transposed convolution by polyphase decomposition (no zero insertion).
+
+    method:
+      "im2col": the four phases as one matmul over im2col patches, then depth-to-space (default);
+      "conv":   the four phases as one stride-1 XLA convolution with 4*O features, then depth-to-space;
+      "conv4":  four separate stride-1 XLA convolutions, then interleaved.
+    A 1x1 input is always a dense matmul.
+    """
+    _check_nhwc(x, kernel, "conv_transpose_s2")
+    b, h, w, cin = x.shape
+    ky, kx, _, cout = kernel.shape
+    out_h, out_w = 2 * (h - 1) + ky, 2 * (w - 1) + kx
+    if h == 1 and w == 1:
+        # out[y, x] = sum_c x[c] * kernel[ky-1-y, kx-1-x, c]: a dense layer.
+        kf = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, ky * kx * cout)
+        return jnp.dot(x.reshape(b, cin), kf, precision=precision).reshape(b, ky, kx, cout)
+    ke, _, _ = _even_kernel(kernel)
+    ly, lx = ke.shape[0] // 2, ke.shape[1] // 2
+    xp = jnp.pad(x, ((0, 0), (ly - 1, ly - 1), (lx - 1, lx - 1), (0, 0)))
+    ph, pw = h + ly - 1, w + lx - 1
+    if method == "im2col":
+        kp = _phase_kernel(ke)
+        y = _matmul_last(_patches(xp, ly, lx, 1, ph, pw), kp.reshape(ly * lx * cin, 4 * cout), precision)
+    elif method == "conv":
+        kp = _phase_kernel(ke)
+        y = lax.conv_general_dilated(xp, kp, (1, 1), "VALID", dimension_numbers=_DIMS, precision=precision)
+    elif method == "conv4":
+        phases = []
+        for py in range(2):
+            for px in range(2):
+                sub = ke[1 - py :: 2, 1 - px :: 2]
+                phases.append(
+                    lax.conv_general_dilated(xp, sub, (1, 1), "VALID", dimension_numbers=_DIMS, precision=precision)
+                )
+        y = jnp.concatenate(phases, axis=-1)
+    else:
+        raise ConfigError(f"conv_transpose_s2_phase: unknown method {method!r}")
+    return _interleave(y, out_h, out_w)
+
+
+def conv_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) -> Array:
+    """Stride-2 VALID convolution, NHWC x HWIO, no bias. `impl`: "auto" | "xla" | "fast"."""
+    if resolve_impl(impl) == "xla":
+        return conv_s2_xla(x, kernel, precision)
+    return conv_s2_im2col(x, kernel, precision)
+
+
+def conv_transpose_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) -> Array:
+    """Stride-2 VALID transposed convolution, Flax convention (no kernel flip). `impl`: "auto" | "xla" | "fast"."""
+    if resolve_impl(impl) == "xla":
+        return conv_transpose_s2_xla(x, kernel, precision)
+    return conv_transpose_s2_phase(x, kernel, precision)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Linen modules (same parameter tree as nn.Conv / nn.ConvTranspose)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _kernel_hw(kernel_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(kernel_size, int):
+        return kernel_size, kernel_size
+    return tuple(kernel_size)  # type: ignore[return-value]
+
+
+class ConvS2(nn.Module):
+    """`nn.Conv(features, kernel_size, strides=(2, 2), padding="VALID")` with a selectable formulation.
+
+    Parameters: `kernel` (kh, kw, in, features), lecun_normal; `bias` (features,), zeros. Input NHWC, unbatched
+    (H, W, C) inputs are allowed like in Flax.
+    """
+
+    features: int
+    kernel_size: int | tuple[int, int]
+    impl: str = "auto"
+    use_bias: bool = True
+    precision: Any = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        unbatched = x.ndim == 3
+        if unbatched:
+            x = x[None]
+        if x.ndim != 4:
+            raise ShapeError(f"ConvS2 expects NHWC (B, H, W, C) or (H, W, C) input, got shape {x.shape}")
+        kh, kw = _kernel_hw(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        y = conv_s2(x, kernel.astype(x.dtype), self.impl, self.precision)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
+        return y[0] if unbatched else y
+
+
+class ConvTransposeS2(nn.Module):
+    """`nn.ConvTranspose(features, kernel_size, strides=(2, 2), padding="VALID")` with a selectable formulation.
+
+    Parameters: `kernel` (kh, kw, in, features), lecun_normal; `bias` (features,), zeros. Output spatial size
+    (in - 1) * 2 + k. Input NHWC; unbatched (H, W, C) inputs are allowed like in Flax.
+    """
+
+    features: int
+    kernel_size: int | tuple[int, int]
+    impl: str = "auto"
+    use_bias: bool = True
+    precision: Any = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        unbatched = x.ndim == 3
+        if unbatched:
+            x = x[None]
+        if x.ndim != 4:
+            raise ShapeError(f"ConvTransposeS2 expects NHWC (B, H, W, C) or (H, W, C) input, got shape {x.shape}")
+        kh, kw = _kernel_hw(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        y = conv_transpose_s2(x, kernel.astype(x.dtype), self.impl, self.precision)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
+        return y[0] if unbatched else y
+
+
+def make_conv(features: int, kernel_size: int, impl: str = "auto", name: str | None = None) -> nn.Module:
+    """A stride-2 VALID conv layer with nn.Conv's parameter tree; impl "auto" | "xla" | "fast"."""
+    resolve_impl(impl)  # validate early
+    return ConvS2(features, kernel_size, impl=impl, name=name)
+
+
+def make_conv_transpose(features: int, kernel_size: int, impl: str = "auto", name: str | None = None) -> nn.Module:
+    """A stride-2 VALID transposed conv layer with nn.ConvTranspose's parameter tree; impl "auto" | "xla" | "fast"."""
+    resolve_impl(impl)
+    return ConvTransposeS2(features, kernel_size, impl=impl, name=name)

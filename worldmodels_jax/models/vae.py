@@ -1,0 +1,203 @@
+"""V: the convolutional VAE of World Models (Ha & Schmidhuber 2018).
+
+Encoder: 4 convolutions, kernel 4, stride 2, VALID, ReLU (32, 64, 128, 256 filters), 64→31→14→6→2,
+flattened to 1024 features and two dense heads, μ and log σ². Decoder: dense z→1024, reshaped to
+1×1×1024, then transposed convolutions of stride 2 (128 k5, 64 k5, 32 k6, 3 k6 + sigmoid), 1→5→13→30→64.
+With the paper's widths it has exactly 4,348,547 parameters at z = 32 and 4,446,915 at z = 64.
+Smaller widths are an option for CPU presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from worldmodels_jax.errors import ConfigError, ShapeError
+
+IMAGE_SHAPE = (64, 64, 3)
+ENCODER_KERNEL = 4
+DECODER_KERNELS = (5, 5, 6, 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of V."""
+
+    z_size: int = 32
+    """Latent size (32 for CarRacing, 64 for Doom)."""
+    encoder_widths: tuple[int, ...] = (32, 64, 128, 256)
+    """Filters of the four stride-2 encoder convolutions."""
+    decoder_widths: tuple[int, ...] = (128, 64, 32)
+    """Filters of the first three transposed convolutions (the fourth outputs 3 channels)."""
+    decoder_dense: int = 1024
+    """Width of the dense layer that feeds the decoder (reshaped to 1×1×decoder_dense)."""
+    kl_tolerance: float = 0.5
+    """The KL term is floored at kl_tolerance · z_size per example."""
+    conv_impl: str = "auto"
+    """Convolution formulation: 'auto' (fastest for the backend), 'xla' (plain XLA ops) or 'fast'."""
+
+    def __post_init__(self):
+        if self.z_size < 1:
+            raise ConfigError(f"vae.z_size must be >= 1, got {self.z_size}")
+        if len(self.encoder_widths) != 4 or min(self.encoder_widths) < 1:
+            raise ConfigError(
+                f"vae.encoder_widths must be 4 positive ints (the paper's is (32, 64, 128, 256)), "
+                f"got {self.encoder_widths}"
+            )
+        if len(self.decoder_widths) != 3 or min(self.decoder_widths) < 1:
+            raise ConfigError(
+                f"vae.decoder_widths must be 3 positive ints (the paper's is (128, 64, 32)), "
+                f"got {self.decoder_widths}"
+            )
+        if self.decoder_dense < 1:
+            raise ConfigError(f"vae.decoder_dense must be >= 1, got {self.decoder_dense}")
+        if not 0.0 <= self.kl_tolerance:
+            raise ConfigError(f"vae.kl_tolerance must be >= 0, got {self.kl_tolerance}")
+        if self.conv_impl not in ("auto", "xla", "fast"):
+            raise ConfigError(f"vae.conv_impl must be 'auto', 'xla' or 'fast', got {self.conv_impl!r}")
+
+
+def _conv(features: int, kernel: int, impl: str, name: str) -> nn.Module:
+    try:
+        from worldmodels_jax.models import layers
+    except ImportError:  # fast layers not available: plain XLA
+        layers = None
+    if layers is not None and hasattr(layers, "make_conv"):
+        return layers.make_conv(features, kernel, impl=impl, name=name)
+    return nn.Conv(features, (kernel, kernel), strides=(2, 2), padding="VALID", name=name)
+
+
+def _conv_transpose(features: int, kernel: int, impl: str, name: str) -> nn.Module:
+    try:
+        from worldmodels_jax.models import layers
+    except ImportError:
+        layers = None
+    if layers is not None and hasattr(layers, "make_conv_transpose"):
+        return layers.make_conv_transpose(features, kernel, impl=impl, name=name)
+    return nn.ConvTranspose(features, (kernel, kernel), strides=(2, 2), padding="VALID", name=name)
+
+
+def check_images(x: jax.Array, what: str = "V's input") -> None:
+    """Raises ShapeError unless `x` is [..., 64, 64, 3]."""
+    if x.ndim < 3 or tuple(x.shape[-3:]) != IMAGE_SHAPE:
+        raise ShapeError(
+            f"{what} must be images shaped [..., 64, 64, 3] (HWC), got {tuple(x.shape)}. "
+            "V needs an environment with 64×64×3 image observations (e.g. CartPolePixels-v1, "
+            "CarRacing-v0, TakeCover-v0); state-vector envs such as CartPole-v1 cannot be encoded."
+        )
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] images → float32 [0, 1]; float images pass through."""
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)
+
+
+class ConvVAE(nn.Module):
+    """V. `encode` → (μ, log σ²); `decode` z → image in [0, 1]; `__call__` does both with z sampled."""
+
+    config: VAEConfig = VAEConfig()
+
+    def setup(self):
+        cfg = self.config
+        self.encoder_convs = [
+            _conv(width, ENCODER_KERNEL, cfg.conv_impl, name=f"enc_conv{i}")
+            for i, width in enumerate(cfg.encoder_widths)
+        ]
+        self.mu_head = nn.Dense(cfg.z_size, name="enc_mu")
+        self.logvar_head = nn.Dense(cfg.z_size, name="enc_logvar")
+        self.decoder_dense = nn.Dense(cfg.decoder_dense, name="dec_dense")
+        widths = (*cfg.decoder_widths, IMAGE_SHAPE[-1])
+        self.decoder_convs = [
+            _conv_transpose(width, kernel, cfg.conv_impl, name=f"dec_deconv{i}")
+            for i, (width, kernel) in enumerate(zip(widths, DECODER_KERNELS))
+        ]
+
+    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """images [..., 64, 64, 3] (uint8 or float in [0, 1]) → (μ, log σ²), each [..., z]."""
+        check_images(images)
+        batch_shape = images.shape[:-3]
+        x = to_float(images).reshape((-1, *IMAGE_SHAPE))
+        for conv in self.encoder_convs:
+            x = nn.relu(conv(x))
+        x = x.reshape((x.shape[0], -1))
+        mu, logvar = self.mu_head(x), self.logvar_head(x)
+        return mu.reshape((*batch_shape, -1)), logvar.reshape((*batch_shape, -1))
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z [..., z_size] → images [..., 64, 64, 3] in [0, 1]."""
+        if z.shape[-1] != self.config.z_size:
+            raise ShapeError(f"decode expects z [..., {self.config.z_size}], got {tuple(z.shape)}")
+        batch_shape = z.shape[:-1]
+        x = nn.relu(self.decoder_dense(z.reshape((-1, self.config.z_size))))
+        x = x.reshape((x.shape[0], 1, 1, self.config.decoder_dense))
+        last = len(self.decoder_convs) - 1
+        for i, deconv in enumerate(self.decoder_convs):
+            x = deconv(x)
+            x = nn.sigmoid(x) if i == last else nn.relu(x)
+        return x.reshape((*batch_shape, *IMAGE_SHAPE))
+
+    def __call__(self, images: jax.Array, key: jax.Array):
+        """Reconstruction with a sampled z: returns (reconstruction, μ, log σ², z)."""
+        mu, logvar = self.encode(images)
+        z = sample_z(key, mu, logvar)
+        return self.decode(z), mu, logvar, z
+
+
+def sample_z(key: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """z = μ + σ·ε with σ = exp(log σ² / 2)."""
+    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+
+
+def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(μ, σ²) ‖ N(0, 1)) summed over the latent dimension: [..., z] → [...]."""
+    return -0.5 * jnp.sum(1.0 + logvar - jnp.square(mu) - jnp.exp(logvar), axis=-1)
+
+
+def vae_loss(
+    images: jax.Array,
+    reconstruction: jax.Array,
+    mu: jax.Array,
+    logvar: jax.Array,
+    kl_tolerance: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The original's loss: Σ squared pixel error + max(KL, kl_tolerance·z), each averaged over the batch."""
+    target = to_float(images)
+    if target.shape != reconstruction.shape:
+        raise ShapeError(
+            f"images {tuple(target.shape)} and reconstruction {tuple(reconstruction.shape)} differ"
+        )
+    reconstruction_loss = jnp.mean(
+        jnp.sum(jnp.square(target - reconstruction), axis=(-3, -2, -1))
+    )
+    kl = kl_divergence(mu, logvar)
+    kl_floored = jnp.mean(jnp.maximum(kl, kl_tolerance * mu.shape[-1]))
+    loss = reconstruction_loss + kl_floored
+    return loss, {
+        "loss": loss,
+        "reconstruction_loss": reconstruction_loss,
+        "kl": jnp.mean(kl),
+        "kl_floored": kl_floored,
+    }
+
+
+def init_vae(key: jax.Array, config: VAEConfig) -> dict:
+    """Initial parameters of V (the `params` collection)."""
+    model = ConvVAE(config)
+    dummy = jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)
+    return model.init({"params": key}, dummy, jax.random.PRNGKey(0))["params"]
+
+
+def param_count(params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+__all__: Sequence[str] = (
+    "VAEConfig", "ConvVAE", "sample_z", "kl_divergence", "vae_loss", "init_vae", "param_count",
+    "check_images", "to_float",
+)
