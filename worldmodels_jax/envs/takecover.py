@@ -22,7 +22,8 @@ scripted state-reading dodger (`dodger_action`), all pure and usable under scan/
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -301,57 +302,67 @@ class TakeCover(environment.Environment[EnvState, EnvParams]):
 
     # ------------------------------------------------------------------ rendering
     def render(self, state: EnvState, params: EnvParams) -> jax.Array:
-        """First-person 64×64×3 uint8 view: per-pixel ray cast of the room, then z-buffered sprites."""
+        """First-person 64×64×3 uint8 view of `state`.
+
+        Painter's algorithm in four layers, each a per-pixel mask: the room (ray cast per pixel: the
+        nearest of floor, ceiling, side walls and far wall, shaded by depth), fireballs behind the
+        monsters' plane (only just after a throw), monsters (rectangles standing on the floor at the far
+        wall), then the other fireballs (discs at eye height). Screen size ∝ 1/depth throughout. All
+        fireballs share one colour and all monsters one depth, so the layer order is an exact z-buffer
+        among sprites; sprites are inside the room, so the room never hides them.
+        """
         f = self.focal
         centre = OBS_SIZE / 2
         coords = jnp.arange(OBS_SIZE, dtype=jnp.float32) + 0.5
         u = (coords - centre) / f  # (W,) rightwards, per unit of forward depth
         v = (centre - coords) / f  # (H,) upwards
-        uu = jnp.broadcast_to(u[None, :], (OBS_SIZE, OBS_SIZE))
-        vv = jnp.broadcast_to(v[:, None], (OBS_SIZE, OBS_SIZE))
         ax = state.agent_x
         half = params.room_width / 2
         eye = params.eye_height
 
-        # background: depth (forward distance) to the nearest of far wall, side wall, floor, ceiling
+        # the room: a wall depth per column, a floor/ceiling depth per row; the nearer one wins
         t_far = params.room_depth + params.camera_back
-        t_side = jnp.where(uu > 0, (half - ax) / uu, (-half - ax) / uu)
-        t_wall = jnp.minimum(t_far, t_side)
-        t_flat = jnp.where(vv < 0, eye / -vv, (params.wall_height - eye) / vv)
-        is_flat = t_flat < t_wall
-        t_bg = jnp.where(is_flat, t_flat, t_wall)
-        flat_rgb = jnp.where((vv < 0)[..., None], jnp.array(FLOOR_RGB), jnp.array(CEILING_RGB))
-        wall_rgb = jnp.where((t_side < t_far)[..., None], jnp.array(SIDE_WALL_RGB), jnp.array(FAR_WALL_RGB))
-        bg_rgb = jnp.where(is_flat[..., None], flat_rgb, wall_rgb) * shade(t_bg)[..., None]
+        t_side = jnp.where(u > 0, (half - ax) / u, (-half - ax) / u)  # (W,)
+        is_side = t_side < t_far
+        t_wall = jnp.where(is_side, t_side, t_far)
+        wall_rgb = jnp.where(is_side[:, None], jnp.array(SIDE_WALL_RGB), jnp.array(FAR_WALL_RGB))
+        wall_rgb = _to_uint8(wall_rgb * shade(t_wall)[:, None])  # (W, 3)
+        t_flat = jnp.where(v < 0, eye / -v, (params.wall_height - eye) / v)  # (H,)
+        flat_rgb = jnp.where((v < 0)[:, None], jnp.array(FLOOR_RGB), jnp.array(CEILING_RGB))
+        flat_rgb = _to_uint8(flat_rgb * shade(t_flat)[:, None])  # (H, 3)
+        is_flat = t_flat[:, None] < t_wall[None, :]  # (H, W)
+        rgb = jnp.where(is_flat[..., None], flat_rgb[:, None, :], wall_rgb[None, :, :])
 
-        # sprites: monsters (rectangles standing on the floor) and fireballs (discs at eye height)
-        m_depth = jnp.full((self.num_monsters,), params.room_depth - 0.05 + params.camera_back)
-        m_left = (state.monster_x - params.monster_width / 2 - ax) / m_depth
+        # monsters: rectangles [left, right) × [bottom, top) in screen space, separable in rows/columns
+        m_depth = params.room_depth - 0.05 + params.camera_back
+        m_left = (state.monster_x - params.monster_width / 2 - ax) / m_depth  # (M,)
         m_right = (state.monster_x + params.monster_width / 2 - ax) / m_depth
-        m_bottom = -eye / m_depth
-        m_top = (params.monster_height - eye) / m_depth
-        m_cover = (
-            state.monster_alive
-            & (uu[..., None] >= m_left) & (uu[..., None] < m_right)
-            & (vv[..., None] >= m_bottom) & (vv[..., None] < m_top)
-        )  # (H, W, M)
-        fb_depth = jnp.maximum(state.fireball_xy[:, 1] + params.camera_back, 1e-3)
+        m_cols = state.monster_alive[None, :] & (u[:, None] >= m_left) & (u[:, None] < m_right)  # (W, M)
+        m_rows = (v >= -eye / m_depth) & (v < (params.monster_height - eye) / m_depth)  # (H,)
+        monster = m_rows[:, None] & jnp.any(m_cols, axis=-1)[None, :]  # (H, W)
+
+        # fireballs: discs centred on the horizon (they fly at eye height), radius ∝ 1/depth, >= 1 px
+        fb_depth = jnp.maximum(state.fireball_xy[:, 1] + params.camera_back, 1e-3)  # (F,)
         fb_u = (state.fireball_xy[:, 0] - ax) / fb_depth
         fb_rad = jnp.maximum(params.fireball_radius * params.fireball_draw_scale / fb_depth, 1.0 / f)
-        fb_cover = state.fireball_alive & (
-            (uu[..., None] - fb_u) ** 2 + vv[..., None] ** 2 < fb_rad**2
-        )  # (H, W, F)
-        depth = jnp.concatenate([m_depth, fb_depth])
-        cover = jnp.concatenate([m_cover, fb_cover], axis=-1)
-        z = jnp.where(cover, depth, jnp.inf)
-        nearest = jnp.argmin(z, axis=-1)
-        z_min = jnp.min(z, axis=-1)
-        sprite_rgb = jnp.concatenate([
-            jnp.broadcast_to(jnp.array(MONSTER_RGB) * shade(m_depth[0]), (self.num_monsters, 3)),
-            jnp.broadcast_to(jnp.array(FIREBALL_RGB), (self.num_fireballs, 3)),
-        ])
-        rgb = jnp.where((z_min < t_bg)[..., None], sprite_rgb[nearest], bg_rgb)
-        return jnp.clip(jnp.round(rgb), 0, 255).astype(jnp.uint8)
+        # pixel (h, w) is inside disc k iff v_h² < ρ_k² - (u_w - u_k)², so "inside any disc" only needs
+        # the per-column maximum of the right-hand side: O(W·F + H·W), not O(H·W·F)
+        reach2 = jnp.where(state.fireball_alive, fb_rad**2, -1.0)[None, :] - (u[:, None] - fb_u) ** 2  # (W, F)
+        behind = fb_depth >= m_depth
+        far_reach2 = jnp.max(jnp.where(behind[None, :], reach2, -1.0), axis=-1)  # (W,)
+        near_reach2 = jnp.max(jnp.where(behind[None, :], -1.0, reach2), axis=-1)
+        fb_far = (v**2)[:, None] < far_reach2[None, :]  # (H, W)
+        fb_near = (v**2)[:, None] < near_reach2[None, :]
+
+        monster_rgb = _to_uint8(jnp.array(MONSTER_RGB) * shade(m_depth))
+        fireball_rgb = jnp.array(FIREBALL_RGB, jnp.uint8)
+        rgb = jnp.where(fb_far[..., None], fireball_rgb, rgb)
+        rgb = jnp.where(monster[..., None], monster_rgb, rgb)
+        return jnp.where(fb_near[..., None], fireball_rgb, rgb)
+
+
+def _to_uint8(rgb: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.round(rgb), 0, 255).astype(jnp.uint8)
 
 
 def shade(depth: jax.Array) -> jax.Array:
@@ -419,9 +430,6 @@ def dodger_action(state: EnvState, params: EnvParams, margin: float = 0.05) -> j
     return jnp.argmin(danger + centre_pull + stay_bonus).astype(jnp.int32)
 
 
-Policy = Callable[[jax.Array, EnvState, Any], tuple[jax.Array, Any]]
-
-
 def survival_steps(
     env: TakeCover,
     params: EnvParams,
@@ -439,42 +447,45 @@ def survival_steps(
           f"policy must be 'uniform', 'held', 'dodger' or 'stay', got {policy!r}.")
     check(num_episodes >= 1, ConfigError, f"num_episodes must be >= 1, got {num_episodes}.")
     max_steps = int(params.max_steps_in_episode)
-    return _survival_steps(env, policy, max_steps, params, key, num_episodes)
-
-
-def _survival_steps(env, policy, max_steps, params, key, num_episodes):
     return _survival_jit(env, policy, max_steps, num_episodes, params, key)
 
 
-def _survival_episode(env: TakeCover, policy: str, max_steps: int, params: EnvParams, key: jax.Array):
-    key_reset, key_run = jax.random.split(key)
-    state = env.init_state(key_reset, params)
-
-    def body(carry, key_t):
-        state, held, done, length = carry
-        key_pol, key_env = jax.random.split(key_t)
-        if policy == "uniform":
-            action = uniform_random_action(key_pol)
-        elif policy == "held":
-            action, held = held_random_action(key_pol, held)
-        elif policy == "dodger":
-            action = dodger_action(state, params)
-        else:
-            action = jnp.ones((), jnp.int32)
-        next_state, _ = env.transition(key_env, state, action, params)
-        length = length + (~done).astype(jnp.int32)
-        done = done | env.is_terminated(next_state, params)
-        return (next_state, held, done, length), None
-
-    init = (state, held_random_init(), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    (_, _, _, length), _ = jax.lax.scan(body, init, jax.random.split(key_run, max_steps))
-    return length
-
-
-from functools import partial  # noqa: E402
+def _policy_step(policy: str, key: jax.Array, state: EnvState, held: HeldAction, params: EnvParams):
+    if policy == "uniform":
+        return uniform_random_action(key), held
+    if policy == "held":
+        return held_random_action(key, held)
+    if policy == "dodger":
+        return dodger_action(state, params), held
+    return jnp.ones((), jnp.int32), held
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _survival_jit(env, policy, max_steps, num_episodes, params, key):
-    keys = jax.random.split(key, num_episodes)
-    return jax.vmap(lambda k: _survival_episode(env, policy, max_steps, params, k))(keys)
+    """Batched render-free rollout; a `lax.while_loop` that stops once every episode has ended."""
+    key_reset, key_run = jax.random.split(key)
+    states = jax.vmap(env.init_state, in_axes=(0, None))(jax.random.split(key_reset, num_episodes), params)
+    held = jax.vmap(lambda _: held_random_init())(jnp.arange(num_episodes))
+    done = jnp.zeros((num_episodes,), bool)
+    length = jnp.zeros((num_episodes,), jnp.int32)
+
+    def one(key_t, state, held, params):
+        key_pol, key_env = jax.random.split(key_t)
+        action, held = _policy_step(policy, key_pol, state, held, params)
+        state, _ = env.transition(key_env, state, action, params)
+        return state, held, env.is_terminated(state, params)
+
+    def body(carry):
+        t, key, states, held, done, length = carry
+        key, key_t = jax.random.split(key)
+        keys = jax.random.split(key_t, num_episodes)
+        states, held, dead = jax.vmap(one, in_axes=(0, 0, 0, None))(keys, states, held, params)
+        length = length + (~done).astype(jnp.int32)
+        return t + 1, key, states, held, done | dead, length
+
+    def cond(carry):
+        t, _, _, _, done, _ = carry
+        return (t < max_steps) & ~jnp.all(done)
+
+    init = (jnp.zeros((), jnp.int32), key_run, states, held, done, length)
+    return jax.lax.while_loop(cond, body, init)[-1]

@@ -12,7 +12,8 @@ Contents:
   - `scaled_dot_product_attention`, `causal_mask`, `sliding_window_causal_mask`, `mask_to_additive`;
   - `sinusoidal_encoding`, `LearnedPositionalEncoding`, `RelativePositionBias`;
   - `MultiHeadAttention` (self- and cross-attention, with an incremental `decode_step`);
-  - `KVCache` and its pure functions `init_kv_cache`, `kv_cache_update`, `kv_cache_reset`;
+  - `KVCache` and its pure functions `init_kv_cache`, `kv_cache_update`, `kv_cache_reset`, and for chunks
+    `sequence_positions`, `chunk_attention_mask`, `kv_cache_write_sequence`;
   - `FeedForward`, `TransformerBlock` (pre-LN), `CrossAttentionBlock` (pre-LN decoder block);
   - stacks: `TransformerEncoder`, `CausalTransformer` (decoder-only, with a KV cache), `TransformerDecoder`,
     and `EncoderDecoder` with `greedy_decode`.
@@ -229,25 +230,37 @@ def kv_cache_update(cache: KVCache, k_t: Array, v_t: Array) -> KVCache:
         raise ShapeError(
             f"kv_cache_update: v_t must be {cache.v.shape[:-3] + cache.v.shape[-2:]}, got {v_t.shape}"
         )
-    slot = jax.nn.one_hot(cache.next_pos % cache.window, cache.window, dtype=jnp.bool_)  # [..., W]
-    sel = slot[..., None, None]
+    # A scatter of one row per stream (in place inside a scan), not a select over the whole buffer: the write
+    # costs O(H Dh) and only the attention read is O(W).
+    batch_shape = cache.next_pos.shape
+    n = math.prod(batch_shape)
+    rows = jnp.arange(n)
+    slot = (cache.next_pos % cache.window).reshape(n)
+
+    def write(buf, val):
+        flat = buf.reshape((n,) + buf.shape[len(batch_shape):])
+        return flat.at[rows, slot].set(val.reshape((n,) + val.shape[len(batch_shape):])).reshape(buf.shape)
+
     return KVCache(
-        k=jnp.where(sel, k_t[..., None, :, :], cache.k),
-        v=jnp.where(sel, v_t[..., None, :, :], cache.v),
-        slot_pos=jnp.where(slot, cache.next_pos[..., None], cache.slot_pos),
+        k=write(cache.k, k_t.astype(cache.k.dtype)),
+        v=write(cache.v, v_t.astype(cache.v.dtype)),
+        slot_pos=write(cache.slot_pos, cache.next_pos),
         next_pos=cache.next_pos + 1,
     )
 
 
 def kv_cache_reset(cache: KVCache, reset: Array) -> KVCache:
-    """Empty the cache where `reset` (bool `[...]`) is True; keys and values are zeroed too."""
+    """Empty the cache where `reset` (bool `[...]`) is True.
+
+    Only the slot positions and the counter change (O(W), not O(W H Dh)): stale keys and values stay in the
+    buffer but sit in slots marked empty, which attention masks out with exactly zero weight.
+    """
     reset = jnp.asarray(reset, jnp.bool_)
     if reset.shape != cache.next_pos.shape:
         raise ShapeError(f"kv_cache_reset: reset must be {cache.next_pos.shape}, got {reset.shape}")
-    r3 = reset[..., None, None, None]
     return KVCache(
-        k=jnp.where(r3, 0.0, cache.k).astype(cache.k.dtype),
-        v=jnp.where(r3, 0.0, cache.v).astype(cache.v.dtype),
+        k=cache.k,
+        v=cache.v,
         slot_pos=jnp.where(reset[..., None], -1, cache.slot_pos),
         next_pos=jnp.where(reset, 0, cache.next_pos),
     )
@@ -261,6 +274,80 @@ def kv_cache_offsets(cache: KVCache) -> tuple[Array, Array]:
     valid = cache.slot_pos >= 0
     offset = (cache.next_pos - 1)[..., None] - cache.slot_pos
     return jnp.where(valid, offset, 0), valid
+
+
+def sequence_positions(next_pos: Array, reset_seq: Array) -> tuple[Array, Array, Array]:
+    """Positions of a chunk of T tokens that follows a cache whose next position is `next_pos [...]`.
+
+    `reset_seq [..., T]` (bool) marks tokens that start a new episode (position 0, cache cleared before them).
+    Returns `(pos [..., T] int32, after_reset [..., T] bool, segment [..., T] int32)`: `after_reset` is True
+    for tokens at or after the first reset of the chunk (they cannot see the cache), `segment` counts resets.
+    """
+    reset_seq = jnp.asarray(reset_seq, jnp.bool_)
+    if reset_seq.shape[:-1] != next_pos.shape:
+        raise ShapeError(
+            f"sequence_positions: reset_seq batch shape {reset_seq.shape[:-1]} != cache batch {next_pos.shape}"
+        )
+    idx = jnp.arange(reset_seq.shape[-1], dtype=jnp.int32)
+    last_reset = jax.lax.cummax(jnp.where(reset_seq, idx, -1), axis=reset_seq.ndim - 1)
+    after_reset = last_reset >= 0
+    pos = jnp.where(after_reset, idx - last_reset, next_pos[..., None] + idx).astype(jnp.int32)
+    return pos, after_reset, jnp.cumsum(reset_seq, axis=-1, dtype=jnp.int32)
+
+
+def chunk_attention_mask(cache: KVCache, reset_seq: Array) -> tuple[Array, Array]:
+    """Mask and relative offsets for a chunk of T new tokens attending to `[cache slots ; chunk tokens]`.
+
+    Returns `(mask [..., T, W + T] bool, offsets [..., T, W + T] int32)`. Query t sees a key iff the key is at
+    most `W - 1` positions back in the same episode (no reset in between), exactly what `W` ring-buffer slots
+    hold in incremental decoding, so chunked processing equals token-by-token decoding.
+    """
+    window = cache.window
+    pos, after_reset, segment = sequence_positions(cache.next_pos, reset_seq)
+    off_cache = pos[..., :, None] - cache.slot_pos[..., None, :]  # [..., T, W]
+    mask_cache = (cache.slot_pos[..., None, :] >= 0) & ~after_reset[..., :, None] & (off_cache < window)
+    t_len = reset_seq.shape[-1]
+    idx = jnp.arange(t_len)
+    off_new = pos[..., :, None] - pos[..., None, :]  # [..., T, T]
+    mask_new = (
+        (idx[:, None] >= idx[None, :])
+        & (segment[..., :, None] == segment[..., None, :])
+        & (off_new < window)
+    )
+    mask = jnp.concatenate([mask_cache, mask_new], axis=-1)
+    offsets = jnp.concatenate([off_cache, off_new], axis=-1)
+    return mask, jnp.where(mask, offsets, 0).astype(jnp.int32)
+
+
+def kv_cache_write_sequence(cache: KVCache, k_seq: Array, v_seq: Array, reset_seq: Array) -> KVCache:
+    """The cache after writing a chunk of T tokens (keys `[..., T, H, Dh]`, values `[..., T, H, Dv]`) in order,
+    with `reset_seq [..., T]` clearing it before flagged tokens. Equal to T calls of `kv_cache_reset` and
+    `kv_cache_update`, but one O(W) gather: slot w ends up holding the one position in [P - W, P) congruent to
+    w mod W, where P is the final next position.
+    """
+    if k_seq.shape[:-3] != cache.k.shape[:-3] or k_seq.shape[-2:] != cache.k.shape[-2:]:
+        raise ShapeError(f"kv_cache_write_sequence: k_seq {k_seq.shape} does not fit cache k {cache.k.shape}")
+    if v_seq.shape[:-3] != cache.v.shape[:-3] or v_seq.shape[-2:] != cache.v.shape[-2:]:
+        raise ShapeError(f"kv_cache_write_sequence: v_seq {v_seq.shape} does not fit cache v {cache.v.shape}")
+    window, t_len = cache.window, k_seq.shape[-3]
+    pos, _, _ = sequence_positions(cache.next_pos, reset_seq)
+    final_next = pos[..., -1] + 1  # [...]
+    last = final_next[..., None] - 1  # [..., 1]
+    w = jnp.arange(window)
+    slot_pos = last - (last - w) % window  # [..., W]
+    t_idx = (t_len - 1) - (last - slot_pos)  # index in the chunk, < 0: an older token still in the cache
+    from_chunk = t_idx >= 0
+    valid = slot_pos >= 0
+    take = jnp.clip(t_idx, 0, t_len - 1)[..., :, None, None]
+    k_new = jnp.take_along_axis(k_seq, take, axis=-3)
+    v_new = jnp.take_along_axis(v_seq, take, axis=-3)
+    sel = (valid & from_chunk)[..., None, None]  # empty slots keep whatever they held, as in kv_cache_reset
+    return KVCache(
+        k=jnp.where(sel, k_new, cache.k).astype(cache.k.dtype),
+        v=jnp.where(sel, v_new, cache.v).astype(cache.v.dtype),
+        slot_pos=jnp.where(valid, slot_pos, -1).astype(jnp.int32),
+        next_pos=final_next.astype(jnp.int32),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,6 +400,25 @@ class MultiHeadAttention(nn.Module):
             raise ShapeError(f"MultiHeadAttention: x_kv must be [..., T, D], got {x_kv.shape}")
         q, k, v = self.query(x_q), self.key(x_kv), self.value(x_kv)
         return self.out(scaled_dot_product_attention(q, k, v, mask=mask, bias=bias))
+
+    def attend_with_prefix(
+        self,
+        x: Array,
+        prefix_k: Array,
+        prefix_v: Array,
+        mask: Array | None = None,
+        bias: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        """Self-attention of a chunk `x [..., T, D]` over `[prefix ; chunk]` keys and values.
+
+        `prefix_k/v [..., P, H, Dh]` (e.g. a KV cache's slots); `mask`/`bias` broadcast to `[..., H, T, P + T]`.
+        Returns `(y [..., T, D], k [..., T, H, Dh], v [..., T, H, Dh])`, the chunk's own keys and values.
+        """
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        keys = jnp.concatenate([prefix_k, k], axis=-3)
+        values = jnp.concatenate([prefix_v, v], axis=-3)
+        y = scaled_dot_product_attention(q, keys, values, mask=mask, bias=bias)
+        return self.out(y), k, v
 
     def decode_step(
         self, x_t: Array, cache: KVCache, bias: Array | None = None
@@ -375,6 +481,13 @@ class TransformerBlock(nn.Module):
     def __call__(self, x: Array, mask: Array | None = None, bias: Array | None = None) -> Array:
         x = x + self.attn(self.ln_attn(x), mask=mask, bias=bias)
         return x + self.ffn(self.ln_ffn(x))
+
+    def call_with_prefix(
+        self, x: Array, prefix_k: Array, prefix_v: Array, mask: Array, bias: Array | None = None
+    ) -> tuple[Array, Array, Array]:
+        a, k, v = self.attn.attend_with_prefix(self.ln_attn(x), prefix_k, prefix_v, mask=mask, bias=bias)
+        x = x + a
+        return x + self.ffn(self.ln_ffn(x)), k, v
 
     def decode_step(
         self, x_t: Array, cache: KVCache, bias: Array | None = None
@@ -454,6 +567,7 @@ class CausalTransformer(nn.Module):
     `init_cache(batch_shape)`: one empty `KVCache` per layer (a tuple).
     `decode_step(x_t [..., D], caches, bias=None)`: one token, O(window) per layer; equals `__call__` at that
       position.
+    `decode_chunk(x [..., T, D], caches, reset=None, bias=None)`: T tokens after a cache, in parallel.
     """
 
     num_layers: int
@@ -502,6 +616,33 @@ class CausalTransformer(nn.Module):
             x_t, cache = block.decode_step(x_t, cache, bias=bias)
             new_caches.append(cache)
         return self.ln_final(x_t), tuple(new_caches)
+
+    def decode_chunk(
+        self,
+        x: Array,
+        caches: tuple[KVCache, ...],
+        reset: Array | None = None,
+        bias: Array | None = None,
+    ) -> tuple[Array, tuple[KVCache, ...]]:
+        """A chunk of T tokens `x [..., T, D]` after `caches` -> (`y [..., T, D]`, caches after the chunk).
+
+        Equals T calls of `decode_step` (with `kv_cache_reset` where `reset [..., T]` is True) in one parallel
+        pass of O(T (W + T)) attention. `bias` (optional) broadcasts to `[..., H, T, W + T]`; build it from the
+        offsets of `chunk_attention_mask(caches[0], reset)`.
+        """
+        if x.ndim < 2 or x.shape[-1] != self.features:
+            raise ShapeError(f"CausalTransformer.decode_chunk: x must be [..., T, {self.features}], got {x.shape}")
+        if len(caches) != self.num_layers:
+            raise ShapeError(f"CausalTransformer.decode_chunk: expected {self.num_layers} caches, got {len(caches)}")
+        if reset is None:
+            reset = jnp.zeros(x.shape[:-1], jnp.bool_)
+        mask, _ = chunk_attention_mask(caches[0], reset)
+        mask = mask[..., None, :, :]
+        new_caches = []
+        for block, cache in zip(self.blocks, caches):
+            x, k, v = block.call_with_prefix(x, cache.k, cache.v, mask, bias)
+            new_caches.append(kv_cache_write_sequence(cache, k, v, reset))
+        return self.ln_final(x), tuple(new_caches)
 
 
 class TransformerDecoder(nn.Module):

@@ -1,0 +1,146 @@
+"""`wmj`: the command line.
+
+    wmj run --env CartPolePixels-v1 --preset cpu-small --out DIR [config overrides]
+    wmj collect|train-vae|encode|train-mdn|train-controller|evaluate|report --out DIR [--preset P] [overrides]
+    wmj info --preset NAME [--json]
+    wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
+
+Config overrides use the dataclass paths, e.g. `--train-vae.epochs 2 --controller.es.population 16`
+(see `wmj run --preset cpu-small --help`). A run directory that already exists is resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from worldmodels_jax.errors import WMJError
+
+STAGE_COMMANDS = ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate", "report")
+
+
+def _parse_common(argv: list[str], command: str):
+    parser = argparse.ArgumentParser(prog=f"wmj {command}", add_help=False)
+    parser.add_argument("--out", type=Path, required=command != "info")
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--env", default=None)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-h", "--help", action="store_true")
+    return parser.parse_known_args(argv)
+
+
+def build_config(preset: str | None, env: str | None, out: Path | None, overrides: list[str], show_help: bool = False):
+    """The config of a run: the run directory's own if it exists, else the preset, then the overrides."""
+    import tyro
+
+    from worldmodels_jax.configs import PipelineConfig, get_preset
+    from worldmodels_jax.pipeline import load_config
+
+    if out is not None and (out / "config.json").exists() and preset is None:
+        base = load_config(out)
+    else:
+        base = get_preset(preset or "cpu-small")
+    if env is not None:
+        base = dataclasses.replace(base, env_id=env)
+    if show_help:
+        overrides = [*overrides, "--help"]
+    return tyro.cli(PipelineConfig, default=base, args=overrides, prog="wmj")
+
+
+def cmd_info(args, rest) -> int:
+    import jax
+
+    from worldmodels_jax.configs import resolve
+    from worldmodels_jax.data import make_env
+    from worldmodels_jax.models.controller import ControllerConfig, action_mapping_for, init_controller
+    from worldmodels_jax.models.mdnrnn import init_mdnrnn
+    from worldmodels_jax.models.vae import init_vae, param_count
+    from worldmodels_jax.rundir import to_jsonable
+
+    config = build_config(args.preset, args.env, None, rest)
+    try:
+        env, env_params = make_env(config.env_id)
+        config = resolve(config, env, env_params)
+        mapping = action_mapping_for(env.action_space(env_params), config.controller.action_mapping)
+        outputs = mapping.num_outputs
+    except WMJError:
+        raise
+    except Exception as err:  # the env's module may not be installed yet
+        print(f"note: env {config.env_id} unavailable ({err}); sizes from the preset as written", file=sys.stderr)
+        outputs = config.mdn.action_size
+    key = jax.random.PRNGKey(0)
+    controllers = {}
+    for mode in config.controller.modes:
+        c = ControllerConfig(mode=mode, z_size=config.vae.z_size, feature_size=config.mdn.hidden_size,
+                             num_outputs=outputs, hidden_units=config.controller.hidden_units,
+                             use_bias=config.controller.use_bias)
+        controllers[mode] = param_count(init_controller(key, c))
+    payload = {"preset": config.preset, "config": to_jsonable(config),
+               "param_counts": {"vae": param_count(init_vae(key, config.vae)),
+                                "mdn_rnn": param_count(init_mdnrnn(key, config.mdn)), "controller": controllers}}
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"preset {config.preset}: env {config.env_id}")
+        for name, count in payload["param_counts"].items():
+            print(f"  {name}: {count}")
+    return 0
+
+
+def cmd_stage(command: str, args, rest) -> int:
+    from worldmodels_jax.pipeline import Pipeline
+
+    config = build_config(args.preset, args.env, args.out, rest, args.help)
+    pipeline = Pipeline(config, args.out, progress=not args.quiet)
+    if command == "run":
+        record = pipeline.run_all()
+    else:
+        method = {"collect": pipeline.collect, "train-vae": pipeline.train_vae, "encode": pipeline.encode,
+                  "train-mdn": pipeline.train_mdn, "train-controller": pipeline.train_controller,
+                  "evaluate": pipeline.evaluate, "report": pipeline.report}[command]
+        record = method()
+    if command in ("run", "report"):
+        report = json.loads((pipeline.run.path / "report.json").read_text())
+        print(f"\nreport: {pipeline.run.path / 'report.md'}")
+        for mode, summary in report["results"].items():
+            print(f"  {mode:>10}: {summary['mean']:.1f} ± {summary['std']:.1f} over {summary['episodes']} episodes")
+        print("  timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items() if v is not None))
+    elif args.json:
+        print(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "dream")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; choose from {', '.join(commands)}", file=sys.stderr)
+            return 2
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "rl":
+            from worldmodels_jax.rl.cli import main as rl_main
+
+            return rl_main(rest) or 0
+        if command == "bench":
+            from worldmodels_jax.bench import main as bench_main
+
+            return bench_main(rest) or 0
+        args, rest = _parse_common(rest, command)
+        if command == "info":
+            return cmd_info(args, rest)
+        return cmd_stage(command, args, rest)
+    except WMJError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration of the World Models pipeline: frozen dataclasses and named presets.
+
+Presets are named instances, not files: `cpu-small` (pixel CartPole on a 2-core CPU in minutes),
+`tiny` (for tests), and paper-scale ones (`carracing-paper`, `takecover-paper`) for GPUs.
+Sizes that follow from the environment and from V (M's z and action sizes, C's input sizes) are
+filled in by `resolve`, and the resolved config is what a run directory records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.evolution import ESConfig
+from worldmodels_jax.models.mdnrnn import MDNRNNConfig
+from worldmodels_jax.models.vae import VAEConfig
+from worldmodels_jax.train.mdn import MDNTrainConfig
+from worldmodels_jax.train.vae import VAETrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    """Random-policy data collection."""
+
+    num_envs: int = 64
+    """Parallel environments per shard (one sequence each)."""
+    steps: int = 1000
+    """Steps recorded per environment per shard; episodes auto-reset inside."""
+    num_shards: int = 1
+    hold_min: int = 1
+    """Each random action is held for a uniform hold_min..hold_max frames (Doom: 1..10)."""
+    hold_max: int = 1
+
+    def __post_init__(self):
+        if min(self.num_envs, self.steps, self.num_shards) < 1:
+            raise ConfigError("collect.num_envs, steps and num_shards must be >= 1")
+        if not 1 <= self.hold_min <= self.hold_max:
+            raise ConfigError(f"collect needs 1 <= hold_min <= hold_max, got {self.hold_min}, {self.hold_max}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerStageConfig:
+    """Training C with an evolution strategy, in the real env or inside M's dream."""
+
+    modes: tuple[str, ...] = ("z_h", "z", "z_hidden")
+    """Controllers to train: 'z_h' (full world model), 'z' (V only), 'z_hidden' (V only + hidden layer), 'z_c_h'."""
+    es: ESConfig = ESConfig()
+    hidden_units: int = 40
+    use_bias: bool = True
+    action_mapping: str = "auto"
+    """'auto', 'carracing', 'thirds', 'argmax', 'threshold' or 'box'."""
+    where: str = "real"
+    """'real' (env frames through V and M) or 'dream' (inside M; needs M's done head)."""
+    temperature: float = 1.0
+    """Dream temperature τ."""
+    z_sample: bool = True
+    """In the real env, feed z = μ + σ·ε (the original) rather than μ."""
+    max_episode_steps: int = 0
+    """Cap on episode length in rollouts (0: the env's own limit)."""
+    chunk_steps: int = 50
+    """Env steps per chunk in the early-exit while loop."""
+
+    def __post_init__(self):
+        from worldmodels_jax.models.controller import ACTION_MAPPINGS, MODES
+
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ConfigError(f"controller.modes must be a non-empty subset of {MODES}, got {self.modes}")
+        if self.where not in ("real", "dream"):
+            raise ConfigError(f"controller.where must be 'real' or 'dream', got {self.where!r}")
+        if self.action_mapping not in ACTION_MAPPINGS:
+            raise ConfigError(f"controller.action_mapping must be one of {ACTION_MAPPINGS}")
+        if self.temperature <= 0:
+            raise ConfigError(f"controller.temperature must be > 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    episodes: int = 100
+    """Episodes per controller (and for the random policy)."""
+    max_episode_steps: int = 0
+
+    def __post_init__(self):
+        if self.episodes < 1:
+            raise ConfigError(f"evaluate.episodes must be >= 1, got {self.episodes}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one World Models run needs."""
+
+    env_id: str = "CartPolePixels-v1"
+    preset: str = "custom"
+    seed: int = 0
+    action_encoding: str = "auto"
+    """How actions enter M: 'auto', 'onehot', 'scalar' or 'box'."""
+    vae: VAEConfig = VAEConfig()
+    mdn: MDNRNNConfig = MDNRNNConfig()
+    collect: CollectConfig = CollectConfig()
+    train_vae: VAETrainConfig = VAETrainConfig()
+    train_mdn: MDNTrainConfig = MDNTrainConfig()
+    controller: ControllerStageConfig = ControllerStageConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gif_steps: int = 60
+    """Length of the dream-vs-real GIF."""
+
+    def __post_init__(self):
+        if self.controller.where == "dream" and not self.mdn.done_head:
+            raise ConfigError("training in the dream needs M's done head: set mdn.done_head=True")
+        if self.mdn.z_size != self.vae.z_size:
+            raise ConfigError(f"mdn.z_size ({self.mdn.z_size}) must equal vae.z_size ({self.vae.z_size})")
+
+
+def small_vae(z_size: int, widths: tuple[int, int, int, int]) -> VAEConfig:
+    return VAEConfig(z_size=z_size, encoder_widths=widths, decoder_widths=(widths[2], widths[1], widths[0]),
+                     decoder_dense=4 * widths[3])
+
+
+PRESETS: dict[str, PipelineConfig] = {
+    "cpu-small": PipelineConfig(
+        env_id="CartPolePixels-v1",
+        preset="cpu-small",
+        vae=small_vae(16, (16, 32, 64, 128)),
+        mdn=MDNRNNConfig(z_size=16, hidden_size=64, num_mixtures=5),
+        collect=CollectConfig(num_envs=64, steps=400, num_shards=1),
+        train_vae=VAETrainConfig(epochs=3, batch_size=64, learning_rate=1e-3),
+        train_mdn=MDNTrainConfig(steps=1200, batch_size=64, seq_len=64, learning_rate=3e-3, chunk_steps=200),
+        controller=ControllerStageConfig(
+            modes=("z_h", "z", "z_hidden"),
+            es=ESConfig(population=32, rollouts=4, generations=40, eval_every=5, eval_episodes=32,
+                        l2_coef=0.0, sigma_init=0.5, target_score=490.0),
+            z_sample=False,
+        ),
+        evaluate=EvaluateConfig(episodes=100),
+    ),
+    "tiny": PipelineConfig(
+        env_id="CartPolePixels-v1",
+        preset="tiny",
+        vae=small_vae(8, (4, 8, 8, 16)),
+        mdn=MDNRNNConfig(z_size=8, hidden_size=16, num_mixtures=2),
+        collect=CollectConfig(num_envs=8, steps=40, num_shards=2),
+        train_vae=VAETrainConfig(epochs=1, batch_size=32),
+        train_mdn=MDNTrainConfig(steps=20, batch_size=8, seq_len=16, chunk_steps=10),
+        controller=ControllerStageConfig(
+            modes=("z_h", "z"),
+            es=ESConfig(population=8, rollouts=2, generations=4, eval_every=2, eval_episodes=4),
+            max_episode_steps=60,
+        ),
+        evaluate=EvaluateConfig(episodes=4, max_episode_steps=60),
+        gif_steps=8,
+    ),
+    "carracing-paper": PipelineConfig(
+        env_id="CarRacing-v0",
+        preset="carracing-paper",
+        vae=VAEConfig(z_size=32),
+        mdn=MDNRNNConfig(z_size=32, action_size=3, hidden_size=256, num_mixtures=5),
+        collect=CollectConfig(num_envs=100, steps=1000, num_shards=100),
+        train_vae=VAETrainConfig(epochs=10, batch_size=100, learning_rate=1e-4),
+        train_mdn=MDNTrainConfig(steps=4000, batch_size=100, seq_len=999, learning_rate=1e-3),
+        controller=ControllerStageConfig(
+            modes=("z_h", "z", "z_hidden"), action_mapping="carracing",
+            es=ESConfig(population=64, rollouts=16, generations=1800, eval_every=25, eval_episodes=1024,
+                        sigma_init=0.1, l2_coef=0.01),
+        ),
+        evaluate=EvaluateConfig(episodes=100),
+    ),
+    "takecover-paper": PipelineConfig(
+        env_id="TakeCover-v0",
+        preset="takecover-paper",
+        action_encoding="scalar",
+        vae=VAEConfig(z_size=64),
+        mdn=MDNRNNConfig(z_size=64, action_size=1, hidden_size=512, num_mixtures=5, done_head=True,
+                         restart_input=True),
+        collect=CollectConfig(num_envs=100, steps=2100, num_shards=100, hold_min=1, hold_max=10),
+        train_vae=VAETrainConfig(epochs=10, batch_size=100, learning_rate=1e-4),
+        train_mdn=MDNTrainConfig(steps=4000, batch_size=100, seq_len=500, learning_rate=1e-3,
+                                 lr_decay=0.99999, lr_min=1e-5, done_pos_weight=10.0),
+        controller=ControllerStageConfig(
+            modes=("z_c_h",), use_bias=False, action_mapping="thirds", where="dream", temperature=1.15,
+            es=ESConfig(population=64, rollouts=16, generations=200, eval_every=25, eval_episodes=1024,
+                        sigma_init=0.1, l2_coef=0.01),
+        ),
+        evaluate=EvaluateConfig(episodes=100),
+    ),
+}
+
+
+def get_preset(name: str) -> PipelineConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve(config: PipelineConfig, env, env_params) -> PipelineConfig:
+    """Fills in the sizes that follow from the env and V (M's z/action sizes)."""
+    from worldmodels_jax.envs.actions import ActionEncoder, action_spec
+
+    encoder = ActionEncoder(action_spec(env.action_space(env_params)), config.action_encoding)
+    mdn = dataclasses.replace(config.mdn, z_size=config.vae.z_size, action_size=encoder.size)
+    return dataclasses.replace(config, mdn=mdn)

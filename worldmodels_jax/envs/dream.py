@@ -1,0 +1,107 @@
+"""The dream: a gymnax Environment whose dynamics are a trained M sampled at temperature τ.
+
+Observation: [z_t, h_t, c_t] (M's latent and memory), which is exactly what a world-model agent
+composes from real frames, so a controller trained here runs unchanged in the real env.
+Episodes start from stored initial latents of real episodes. done = (M's done logit > 0);
+the reward is +1 per step (or M's reward head); truncation at `max_steps_in_episode`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from worldmodels_jax.envs.actions import ActionEncoder
+from worldmodels_jax.errors import ConfigError, ShapeError
+from worldmodels_jax.models.mdnrnn import MDNRNN, mdn_sample
+from worldmodels_jax.models.vae import sample_z
+
+
+@struct.dataclass
+class DreamState(environment.EnvState):
+    z: jax.Array
+    h: jax.Array
+    c: jax.Array
+    time: int
+
+
+@struct.dataclass
+class DreamParams(environment.EnvParams):
+    memory_params: Any = None
+    initial_mu: jax.Array = None  # [N, z]: μ of first frames of real episodes
+    initial_logvar: jax.Array = None
+    temperature: float = 1.0
+    max_steps_in_episode: int = 2100
+
+
+class DreamEnv(environment.Environment[DreamState, DreamParams]):
+    """M as an environment. `action_space` is the real env's; actions are encoded for M as in training."""
+
+    def __init__(self, memory: MDNRNN, action_space, action_encoder: ActionEncoder, reward: str = "constant"):
+        super().__init__()
+        if reward not in ("constant", "head"):
+            raise ConfigError(f"dream reward must be 'constant' or 'head', got {reward!r}")
+        if reward == "head" and not memory.config.reward_head:
+            raise ConfigError("dream reward 'head' needs M trained with reward_head=True")
+        if not memory.config.done_head:
+            raise ConfigError("the dream needs M's done head to end episodes: train M with done_head=True")
+        self.memory = memory
+        self._action_space = action_space
+        self.action_encoder = action_encoder
+        self.reward_kind = reward
+        cfg = memory.config
+        self.obs_shape = (cfg.z_size + 2 * cfg.hidden_size,)
+
+    @property
+    def default_params(self) -> DreamParams:
+        return DreamParams()
+
+    def _obs(self, state: DreamState) -> jax.Array:
+        return jnp.concatenate([state.z, state.h, state.c])
+
+    def reset_env(self, key, params: DreamParams):
+        if params.memory_params is None or params.initial_mu is None:
+            raise ConfigError("DreamParams needs memory_params and initial_mu/initial_logvar from real episodes")
+        key_index, key_z = jax.random.split(key)
+        index = jax.random.randint(key_index, (), 0, params.initial_mu.shape[0])
+        z = sample_z(key_z, params.initial_mu[index], params.initial_logvar[index])
+        hidden = jnp.zeros((self.memory.config.hidden_size,), jnp.float32)
+        state = DreamState(z=z, h=hidden, c=hidden, time=0)
+        return self._obs(state), state
+
+    def step_env(self, key, state: DreamState, action, params: DreamParams):
+        from worldmodels_jax.models.mdnrnn import LSTMCarry
+
+        encoded = self.action_encoder(jnp.asarray(action))
+        if encoded.shape != (self.memory.config.action_size,):
+            raise ShapeError(f"dream action encodes to {encoded.shape}, M expects ({self.memory.config.action_size},)")
+        carry, output, _ = self.memory.apply(
+            {"params": params.memory_params}, LSTMCarry(state.h, state.c), state.z, encoded,
+            jnp.asarray(state.time == 0), method=MDNRNN.step,
+        )
+        z = mdn_sample(key, output, params.temperature)
+        terminated = output.done_logit > 0
+        reward = output.reward if self.reward_kind == "head" else jnp.float32(1.0)
+        new_state = DreamState(z=z, h=carry.h, c=carry.c, time=state.time + 1)
+        return self._obs(new_state), new_state, jnp.asarray(reward, jnp.float32), terminated, {}
+
+    def is_terminated(self, state, params):
+        return jnp.array(False)
+
+    @property
+    def name(self) -> str:
+        return "Dream"
+
+    @property
+    def num_actions(self) -> int:
+        return getattr(self._action_space, "n", 0)
+
+    def action_space(self, params=None):
+        return self._action_space
+
+    def observation_space(self, params):
+        return spaces.Box(-jnp.inf, jnp.inf, self.obs_shape, jnp.float32)

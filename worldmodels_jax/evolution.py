@@ -1,0 +1,139 @@
+"""The evolution engine: any evosax strategy over any parameter pytree, generations in compiled chunks.
+
+`make_evolution(fitness_fn, template, config)` returns pure functions:
+    init(key) -> EvoState
+    run_chunk(state) -> (state, metrics stacked over the chunk's generations)
+    mean_params(state) -> the distribution mean as a parameter pytree
+`fitness_fn(population, key) -> returns [P]` is maximised; evosax minimises, so `tell` gets
+−fitness. Non-finite fitness is counted as the worst value and reported in the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from evosax.algorithms import algorithms as EVOSAX_ALGORITHMS
+from flax import struct
+
+from worldmodels_jax.errors import ConfigError
+
+WORST_FITNESS = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+    """Evolution strategy settings (defaults: the paper's CarRacing controller)."""
+
+    strategy: str = "CMA_ES"
+    """Any evosax algorithm by name: CMA_ES, Sep_CMA_ES, Open_ES, SNES, PGPE, SimpleES, ..."""
+    population: int = 64
+    sigma_init: float = 0.1
+    """Initial standard deviation σ₀."""
+    generations: int = 1800
+    rollouts: int = 16
+    """Episodes per candidate; fitness is their mean return."""
+    l2_coef: float = 0.01
+    """Fitness penalty l2_coef · mean(θ²) (0 disables)."""
+    eval_every: int = 25
+    """Evaluate the distribution mean every this many generations (one compiled chunk)."""
+    eval_episodes: int = 1024
+    target_score: float | None = None
+    """Stop early once the mean's evaluation reaches this score."""
+    common_random_numbers: bool = True
+    """All candidates of a generation share the same episode seeds."""
+    open_es_lr: float = 0.05
+    """Learning rate of the optimizer for gradient-style strategies (Open_ES, PGPE use it)."""
+
+    def __post_init__(self):
+        if self.strategy not in EVOSAX_ALGORITHMS:
+            raise ConfigError(
+                f"unknown evolution strategy {self.strategy!r}; evosax has: {', '.join(sorted(EVOSAX_ALGORITHMS))}"
+            )
+        if self.population < 2:
+            raise ConfigError(f"population must be >= 2, got {self.population}")
+        if self.strategy in ("Open_ES",) and self.population % 2:
+            raise ConfigError(f"{self.strategy} uses antithetic pairs: population must be even, got {self.population}")
+        if self.sigma_init <= 0:
+            raise ConfigError(f"sigma_init must be > 0, got {self.sigma_init}")
+        for name in ("generations", "rollouts", "eval_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.l2_coef < 0:
+            raise ConfigError(f"l2_coef must be >= 0, got {self.l2_coef}")
+
+
+def make_strategy(config: ESConfig, template):
+    """The evosax strategy object and its params, with σ₀ applied."""
+    cls = EVOSAX_ALGORITHMS[config.strategy]
+    if config.strategy == "Open_ES":
+        strategy = cls(config.population, template, optimizer=optax.adam(config.open_es_lr),
+                       std_schedule=optax.constant_schedule(config.sigma_init))
+    else:
+        strategy = cls(config.population, template)
+    params = strategy.default_params
+    if "std_init" in getattr(params, "__dataclass_fields__", {}):
+        params = params.replace(std_init=jnp.asarray(config.sigma_init, jnp.float32))
+    return strategy, params
+
+
+@struct.dataclass
+class EvoState:
+    es_state: Any
+    key: jax.Array
+    generation: jax.Array
+
+
+def mean_sq(tree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    total = sum(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))) for x in leaves)
+    count = sum(x[0].size for x in leaves)
+    return total / count
+
+
+def make_evolution(fitness_fn: Callable, template, config: ESConfig, x0=None):
+    """See the module docstring. `template` is a parameter pytree (its values are the mean x0 unless given)."""
+    strategy, es_params = make_strategy(config, template)
+    x0 = jax.tree.map(jnp.zeros_like, template) if x0 is None else x0
+
+    def init(key: jax.Array) -> EvoState:
+        key_init, key_run = jax.random.split(key)
+        return EvoState(strategy.init(key_init, x0, es_params), key_run, jnp.zeros((), jnp.int32))
+
+    def generation(state: EvoState, _):
+        key, key_ask, key_fit, key_tell = jax.random.split(state.key, 4)
+        population, es_state = strategy.ask(key_ask, state.es_state, es_params)
+        returns = fitness_fn(population, key_fit)
+        fitness = returns - config.l2_coef * mean_sq(population)
+        finite = jnp.isfinite(fitness)
+        fitness = jnp.where(finite, fitness, WORST_FITNESS)
+        es_state, _ = strategy.tell(key_tell, population, -fitness, es_state, es_params)
+        metrics = {
+            "generation": state.generation + 1,
+            "return_mean": jnp.mean(jnp.where(finite, returns, jnp.nan)),
+            "return_max": jnp.max(jnp.where(finite, returns, -jnp.inf)),
+            "return_min": jnp.min(jnp.where(finite, returns, jnp.inf)),
+            "fitness_best": jnp.max(fitness),
+            "non_finite": jnp.sum(~finite),
+        }
+        return EvoState(es_state, key, state.generation + 1), metrics
+
+    def run_chunk(state: EvoState, generations: int):
+        return jax.lax.scan(generation, state, None, length=generations)
+
+    def mean_params(state: EvoState):
+        return strategy.get_mean(state.es_state)
+
+    return init, jax.jit(run_chunk, static_argnums=1), mean_params
+
+
+def es_state_is_finite(state: EvoState) -> bool:
+    """True if every floating leaf of the ES state is finite (checked on the host between chunks)."""
+    leaves = [x for x in jax.tree.leaves(state.es_state) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    # best_fitness starts at +inf in evosax; it is not part of the search distribution.
+    finite = [bool(jnp.all(jnp.isfinite(x) | jnp.isposinf(x))) for x in leaves]
+    return all(finite)

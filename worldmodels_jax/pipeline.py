@@ -1,0 +1,442 @@
+"""The World Models pipeline: collect → train-vae → encode → train-mdn → train-controller → evaluate → report.
+
+Every stage is jitted, shows a progress bar, writes into the run directory (config, metrics JSONL,
+orbax checkpoints), and resumes where it stopped: finished stages are skipped, unfinished ones
+continue from their last checkpoint (or last complete shard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from worldmodels_jax.configs import PipelineConfig, resolve
+from worldmodels_jax.data import Dataset, check_image_env, make_collect_shard, make_env
+from worldmodels_jax.envs.actions import ActionEncoder, action_spec
+from worldmodels_jax.envs.dream import DreamEnv, DreamParams
+from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from worldmodels_jax.evolution import es_state_is_finite, make_evolution
+from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
+from worldmodels_jax.models.mdnrnn import MDNRNN, init_mdnrnn
+from worldmodels_jax.models.vae import ConvVAE, init_vae, param_count
+from worldmodels_jax.rollouts import (Agent, WorldModelParams, evaluate_params, population_returns,
+                                      random_policy_returns)
+from worldmodels_jax.rundir import RunDir, to_jsonable
+from worldmodels_jax.train.mdn import SequenceData, make_evaluate_nll, make_mdn_trainer
+from worldmodels_jax.train.vae import make_vae_trainer
+
+STAGES = ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate", "report")
+
+
+def _config_from_json(payload: dict) -> PipelineConfig:
+    """Rebuilds a PipelineConfig from its JSON form."""
+    from worldmodels_jax import configs as c
+    from worldmodels_jax.evolution import ESConfig
+    from worldmodels_jax.models.mdnrnn import MDNRNNConfig
+    from worldmodels_jax.models.vae import VAEConfig
+    from worldmodels_jax.train.mdn import MDNTrainConfig
+    from worldmodels_jax.train.vae import VAETrainConfig
+
+    def build(cls, data):
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                value = data[f.name]
+                kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+    p = dict(payload)
+    controller = dict(p["controller"])
+    controller["es"] = build(ESConfig, controller["es"])
+    return build(c.PipelineConfig, {
+        **p,
+        "vae": build(VAEConfig, p["vae"]), "mdn": build(MDNRNNConfig, p["mdn"]),
+        "collect": build(c.CollectConfig, p["collect"]), "train_vae": build(VAETrainConfig, p["train_vae"]),
+        "train_mdn": build(MDNTrainConfig, p["train_mdn"]),
+        "controller": build(c.ControllerStageConfig, controller),
+        "evaluate": build(c.EvaluateConfig, p["evaluate"]),
+    })
+
+
+def load_config(out: str | Path) -> PipelineConfig:
+    path = Path(out) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{out} has no config.json; start the run with `wmj run --out {out} ...` "
+                          "or give --preset/--env to a stage")
+    return _config_from_json(json.loads(path.read_text()))
+
+
+class Pipeline:
+    """One run directory and the stages that fill it."""
+
+    def __init__(self, config: PipelineConfig, out: str | Path, progress: bool = True):
+        self.env, self.env_params = make_env(config.env_id)
+        check_image_env(self.env, self.env_params)
+        self.config = resolve(config, self.env, self.env_params)
+        self.run = RunDir(out)
+        self.progress = progress
+        config_path = self.run.path / "config.json"
+        if config_path.exists():
+            previous = json.loads(config_path.read_text())
+            if previous != json.loads(json.dumps(to_jsonable(self.config))):
+                raise ConfigError(
+                    f"{out} holds a run with a different configuration (see {config_path}). Resume it with "
+                    f"the same settings, or pass a new --out directory."
+                )
+        self.run.save_config(self.config)
+        self.spec = action_spec(self.env.action_space(self.env_params))
+        self.action_encoder = ActionEncoder(self.spec, self.config.action_encoding)
+        self.vae = ConvVAE(self.config.vae)
+        self.memory = MDNRNN(self.config.mdn)
+        self.root_key = jax.random.PRNGKey(self.config.seed)
+
+    # ------------------------------------------------------------------ helpers
+    def key(self, stage: str) -> jax.Array:
+        return jax.random.fold_in(self.root_key, STAGES.index(stage) if stage in STAGES else hash(stage) % 10_000)
+
+    def _bar(self, total: int, desc: str, initial: int = 0):
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, leave=False,
+                    dynamic_ncols=True)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run.path / "data"
+
+    @property
+    def encoded_dir(self) -> Path:
+        return self.run.path / "encoded"
+
+    def _max_steps(self, override: int) -> int:
+        return int(override or self.env_params.max_steps_in_episode)
+
+    def load_params(self, name: str, template):
+        restored = self.run.checkpointer(name).restore(template)
+        if restored is None:
+            raise CheckpointError(f"no trained {name} in {self.run.path / 'checkpoints' / name}; "
+                                  f"run the stage that trains it first")
+        return restored[1]
+
+    def vae_params(self):
+        return self.load_params("vae", init_vae(jax.random.PRNGKey(0), self.config.vae))
+
+    def memory_params(self):
+        return self.load_params("mdn", init_mdnrnn(jax.random.PRNGKey(0), self.config.mdn))
+
+    def controller_config(self, mode: str) -> ControllerConfig:
+        mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
+        return ControllerConfig(mode=mode, z_size=self.config.vae.z_size, feature_size=self.config.mdn.hidden_size,
+                                num_outputs=mapping.num_outputs, hidden_units=self.config.controller.hidden_units,
+                                use_bias=self.config.controller.use_bias)
+
+    def agent(self, mode: str, obs_kind: str = "pixels") -> Agent:
+        mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
+        return Agent(controller=Controller(self.controller_config(mode)), mapping=mapping, vae=self.vae,
+                     memory=self.memory, action_encoder=self.action_encoder, obs_kind=obs_kind,
+                     z_sample=self.config.controller.z_sample)
+
+    def _timed(self, stage: str, fn):
+        done = self.run.stage_done(stage)
+        if done is not None:
+            return done
+        start = time.perf_counter()
+        record = fn() or {}
+        record["seconds"] = time.perf_counter() - start
+        self.run.mark_done(stage, record)
+        return record
+
+    # ------------------------------------------------------------------ stages
+    def collect(self):
+        return self._timed("collect", self._collect)
+
+    def _collect(self):
+        cfg = self.config.collect
+        meta = {"env_id": self.config.env_id, "num_envs": cfg.num_envs, "steps": cfg.steps,
+                "hold": [cfg.hold_min, cfg.hold_max], "seed": self.config.seed}
+        dataset = Dataset.create(self.data_dir, meta, cfg.num_shards)
+        collect_fn = make_collect_shard(self.env, self.env_params, self.spec, cfg.num_envs, cfg.steps,
+                                        cfg.hold_min, cfg.hold_max)
+        key = self.key("collect")
+        with self._bar(cfg.num_shards, "collect") as bar:
+            for index in range(cfg.num_shards):
+                if not dataset.has_valid_shard(index):
+                    arrays = jax.device_get(collect_fn(jax.random.fold_in(key, index)))
+                    dataset.write_shard(index, arrays)
+                bar.update(1)
+        return {"frames": dataset.num_frames, "shards": cfg.num_shards,
+                "episodes_started": sum(s["episodes_started"] for s in dataset.manifest["shards"])}
+
+    def train_vae(self):
+        return self._timed("train-vae", self._train_vae)
+
+    def _train_vae(self):
+        cfg = self.config.train_vae
+        dataset = Dataset.open(self.data_dir, require_complete=True)
+        init, train_epoch = make_vae_trainer(self.config.vae, cfg)
+        key = self.key("train-vae")
+        template = init(jax.random.fold_in(key, -1 % 2**31))
+        checkpointer = self.run.checkpointer("train-vae")
+        restored = checkpointer.restore({"state": template, "epoch": np.int32(0)})
+        state, start_epoch = (template, 0) if restored is None else (restored[1]["state"], int(restored[1]["epoch"]))
+        if start_epoch == 0:
+            self.run.reset_metrics("train-vae")
+        shards = dataset.shard_indices
+        with self._bar(cfg.epochs * len(shards), "train-vae", start_epoch * len(shards)) as bar:
+            for epoch in range(start_epoch, cfg.epochs):
+                for index in shards:
+                    frames = dataset.load_shard(index, ("obs",))["obs"].reshape((-1, 64, 64, 3))
+                    if cfg.max_frames:
+                        frames = frames[: cfg.max_frames]
+                    state, metrics = train_epoch(state, jnp.asarray(frames), jax.random.fold_in(key, epoch * 100_003 + index))
+                    means = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+                    if not np.isfinite(means["loss"]):
+                        raise NonFiniteError(f"V's loss became {means['loss']} in epoch {epoch}; the last good "
+                                             f"checkpoint is kept in {checkpointer.directory}. Lower the learning rate.")
+                    self.run.log_metrics("train-vae", {"epoch": epoch, "shard": index, "step": int(state.step), **means})
+                    bar.set_postfix(loss=f"{means['loss']:.1f}")
+                    bar.update(1)
+                checkpointer.save(epoch + 1, {"state": state, "epoch": np.int32(epoch + 1)})
+        self.run.checkpointer("vae").save(0, state.params)
+        self._reconstruction_grid(state.params, dataset)
+        return {"final_loss": means["loss"], "final_reconstruction_loss": means["reconstruction_loss"],
+                "param_count": param_count(state.params)}
+
+    def _reconstruction_grid(self, params, dataset: Dataset, count: int = 8):
+        import imageio.v3 as iio
+
+        frames = dataset.load_shard(dataset.shard_indices[0], ("obs",))["obs"].reshape((-1, 64, 64, 3))
+        picks = frames[np.linspace(0, len(frames) - 1, count).astype(int)]
+        mu, _ = self.vae.apply({"params": params}, jnp.asarray(picks), method=ConvVAE.encode)
+        recon = np.asarray(self.vae.apply({"params": params}, mu, method=ConvVAE.decode) * 255).astype(np.uint8)
+        grid = np.concatenate([np.concatenate(list(picks), 1), np.concatenate(list(recon), 1)], 0)
+        grid = np.kron(grid, np.ones((3, 3, 1), np.uint8))
+        iio.imwrite(self.run.path / "reconstructions.png", grid)
+
+    def encode(self):
+        return self._timed("encode", self._encode)
+
+    def _encode(self):
+        dataset = Dataset.open(self.data_dir, require_complete=True)
+        params = self.vae_params()
+        encoded = Dataset.create(self.encoded_dir, {"source": str(self.data_dir), "z_size": self.config.vae.z_size},
+                                 dataset.manifest["num_shards"])
+
+        @jax.jit
+        def encode_frames(frames):
+            chunks = frames.reshape((-1, 256, 64, 64, 3))
+            mu, logvar = jax.lax.map(lambda x: self.vae.apply({"params": params}, x, method=ConvVAE.encode), chunks)
+            return mu.reshape((-1, mu.shape[-1])), logvar.reshape((-1, mu.shape[-1]))
+
+        with self._bar(len(dataset.shard_indices), "encode") as bar:
+            for index in dataset.shard_indices:
+                if not encoded.has_valid_shard(index):
+                    arrays = dataset.load_shard(index)
+                    obs = arrays.pop("obs")
+                    envs, steps = obs.shape[:2]
+                    flat = obs.reshape((-1, 64, 64, 3))
+                    pad = (-len(flat)) % 256
+                    flat = np.concatenate([flat, np.zeros((pad, 64, 64, 3), np.uint8)]) if pad else flat
+                    mu, logvar = jax.device_get(encode_frames(jnp.asarray(flat)))
+                    arrays["mu"] = mu[: envs * steps].reshape((envs, steps, -1))
+                    arrays["logvar"] = logvar[: envs * steps].reshape((envs, steps, -1))
+                    encoded.write_shard(index, arrays)
+                bar.update(1)
+        return {"frames": encoded.num_frames}
+
+    def sequence_data(self) -> SequenceData:
+        arrays = Dataset.open(self.encoded_dir, require_complete=True).load_all()
+        return SequenceData(
+            mu=jnp.asarray(arrays["mu"]), logvar=jnp.asarray(arrays["logvar"]),
+            action=self.action_encoder(jnp.asarray(arrays["action"])), reward=jnp.asarray(arrays["reward"]),
+            terminated=jnp.asarray(arrays["terminated"]), truncated=jnp.asarray(arrays["truncated"]),
+            first=jnp.asarray(arrays["first"]),
+        )
+
+    def train_mdn(self):
+        return self._timed("train-mdn", self._train_mdn)
+
+    def _train_mdn(self):
+        cfg = self.config.train_mdn
+        data = self.sequence_data()
+        num_seq = data.mu.shape[0]
+        held_out = max(1, num_seq // 10) if num_seq > 1 else 0
+        train_data = jax.tree.map(lambda x: x[held_out:], data) if held_out else data
+        test_data = jax.tree.map(lambda x: x[:held_out], data) if held_out else data
+        init, train_chunk = make_mdn_trainer(self.config.mdn, cfg)
+        evaluate_nll = make_evaluate_nll(self.config.mdn)
+        key = self.key("train-mdn")
+        template = init(jax.random.fold_in(key, 7))
+        checkpointer = self.run.checkpointer("train-mdn")
+        restored = checkpointer.restore(template)
+        state = template if restored is None else restored[1]
+        start = int(state.step)
+        if start == 0:
+            self.run.reset_metrics("train-mdn")
+        chunks = -(-cfg.steps // cfg.chunk_steps)
+        with self._bar(chunks, "train-mdn", start // cfg.chunk_steps) as bar:
+            for chunk in range(start // cfg.chunk_steps, chunks):
+                state, metrics = train_chunk(state, train_data, jax.random.fold_in(key, chunk))
+                means = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+                if not np.isfinite(means["loss"]):
+                    raise NonFiniteError(f"M's loss became {means['loss']} at step {int(state.step)}; the last good "
+                                         f"checkpoint is kept in {checkpointer.directory}. Lower the learning rate.")
+                means["held_out_nll"] = float(evaluate_nll(state.params, test_data))
+                self.run.log_metrics("train-mdn", {"step": int(state.step), **means})
+                checkpointer.save(int(state.step), state)
+                bar.set_postfix(nll=f"{means['nll']:.3f}", held_out=f"{means['held_out_nll']:.3f}")
+                bar.update(1)
+        self.run.checkpointer("mdn").save(0, state.params)
+        return {"final_nll": means["nll"], "held_out_nll": means["held_out_nll"],
+                "param_count": param_count(state.params)}
+
+    # ------------------------------------------------------------------ controller
+    def dream_env(self):
+        data = Dataset.open(self.encoded_dir, require_complete=True).load_all(("mu", "logvar", "first"))
+        first = data["first"].astype(bool)
+        env = DreamEnv(self.memory, self.env.action_space(self.env_params), self.action_encoder)
+        params = DreamParams(memory_params=self.memory_params(), initial_mu=jnp.asarray(data["mu"][first]),
+                             initial_logvar=jnp.asarray(data["logvar"][first]),
+                             temperature=self.config.controller.temperature,
+                             max_steps_in_episode=int(self.env_params.max_steps_in_episode))
+        return env, params
+
+    def train_controller(self):
+        results = {}
+        for mode in self.config.controller.modes:
+            results[mode] = self._timed(f"train-controller-{mode}", lambda m=mode: self._train_controller(m))
+        return self._timed("train-controller", lambda: {"modes": results})
+
+    def _train_controller(self, mode: str):
+        ccfg = self.config.controller
+        es = ccfg.es
+        stage = f"train-controller-{mode}"
+        needs_memory = mode in ("z_h", "z_c_h") or ccfg.where == "dream"
+        wm = WorldModelParams(vae=self.vae_params(), memory=self.memory_params() if needs_memory else None)
+        if ccfg.where == "dream":
+            env, env_params = self.dream_env()
+            agent = self.agent(mode, obs_kind="features")
+        else:
+            env, env_params = self.env, self.env_params
+            agent = self.agent(mode)
+        max_steps = self._max_steps(ccfg.max_episode_steps)
+
+        def fitness(population, key):
+            return population_returns(env, env_params, agent, wm, population, key, es.rollouts, max_steps,
+                                      ccfg.chunk_steps, es.common_random_numbers)
+
+        # The mean is always evaluated in the real env, with V and M in the loop.
+        real_agent = self.agent(mode)
+
+        @jax.jit
+        def evaluate_mean(params, key):
+            stats = evaluate_params(self.env, self.env_params, real_agent, wm, params, key, es.eval_episodes,
+                                    self._max_steps(ccfg.max_episode_steps), ccfg.chunk_steps)
+            return stats.returns
+
+        template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
+        init, run_chunk, mean_params = make_evolution(fitness, template, es)
+        key = jax.random.fold_in(self.key("train-controller"), hash(mode) % 1000)
+        key_init, key_eval = jax.random.split(key)
+        state = init(key_init)
+        best = {"score": np.float32(-np.inf), "params": template}
+        checkpointer = self.run.checkpointer(stage)
+        restored = checkpointer.restore({"state": state, "best_score": best["score"], "best_params": template})
+        if restored is not None:
+            state = restored[1]["state"]
+            best = {"score": restored[1]["best_score"], "params": restored[1]["best_params"]}
+            generation = int(state.generation)
+            kept = [r for r in self.run.read_metrics(stage) if r["generation"] <= generation]
+            self.run.reset_metrics(stage)
+            self.run.log_metrics(stage, kept) if kept else None
+        else:
+            self.run.reset_metrics(stage)
+        chunks = -(-es.generations // es.eval_every)
+        stopped_early = False
+        with self._bar(es.generations, f"C[{mode}]", int(state.generation)) as bar:
+            while int(state.generation) < es.generations:
+                generations = min(es.eval_every, es.generations - int(state.generation))
+                previous = state
+                state, metrics = run_chunk(state, generations)
+                if not es_state_is_finite(state):
+                    raise NonFiniteError(
+                        f"the {es.strategy} state became non-finite at generation {int(state.generation)} ({mode}); "
+                        f"stopped, keeping the last good checkpoint in {checkpointer.directory}"
+                    )
+                del previous
+                mean = mean_params(state)
+                returns = np.asarray(evaluate_mean(mean, jax.random.fold_in(key_eval, int(state.generation))))
+                score = float(returns.mean())
+                if score > float(best["score"]):
+                    best = {"score": np.float32(score), "params": mean}
+                records = [{k: v[i] for k, v in jax.device_get(metrics).items()} for i in range(generations)]
+                records[-1].update({"eval_mean": score, "eval_std": float(returns.std()), "best_eval": float(best["score"])})
+                self.run.log_metrics(stage, records)
+                checkpointer.save(int(state.generation), {"state": state, "best_score": best["score"],
+                                                          "best_params": best["params"]})
+                bar.set_postfix(pop=f"{float(records[-1]['return_mean']):.0f}", eval=f"{score:.0f}")
+                bar.update(generations)
+                if es.target_score is not None and score >= es.target_score:
+                    stopped_early = True
+                    break
+        del chunks
+        self.run.checkpointer(f"controller-{mode}").save(0, best["params"])
+        return {"best_eval": float(best["score"]), "generations": int(state.generation),
+                "stopped_early": stopped_early, "param_count": param_count(template)}
+
+    # ------------------------------------------------------------------ evaluation and report
+    def controller_params(self, mode: str):
+        template = init_controller(jax.random.PRNGKey(0), self.controller_config(mode))
+        return self.load_params(f"controller-{mode}", template)
+
+    def evaluate(self):
+        return self._timed("evaluate", self._evaluate)
+
+    def _evaluate(self):
+        cfg = self.config.evaluate
+        max_steps = self._max_steps(cfg.max_episode_steps)
+        key = self.key("evaluate")
+        results = {}
+        modes = self.config.controller.modes
+        with self._bar(len(modes) + 1, "evaluate") as bar:
+            for mode in modes:
+                needs_memory = mode in ("z_h", "z_c_h")
+                wm = WorldModelParams(vae=self.vae_params(), memory=self.memory_params() if needs_memory else None)
+                agent = self.agent(mode)
+                stats = jax.jit(lambda p, k, a=agent, w=wm: evaluate_params(
+                    self.env, self.env_params, a, w, p, k, cfg.episodes, max_steps,
+                    self.config.controller.chunk_steps))(self.controller_params(mode), key)
+                results[mode] = _summary(stats.returns)
+                bar.update(1)
+            stats = jax.jit(lambda k: random_policy_returns(self.env, self.env_params, k, cfg.episodes, max_steps))(key)
+            results["random"] = _summary(stats.returns)
+            bar.update(1)
+        return {"results": results}
+
+    def report(self):
+        from worldmodels_jax.report import write_report
+
+        start = time.perf_counter()
+        record = write_report(self)
+        record["seconds"] = time.perf_counter() - start
+        self.run.mark_done("report", record)
+        return record
+
+    def run_all(self):
+        self.collect()
+        self.train_vae()
+        self.encode()
+        self.train_mdn()
+        self.train_controller()
+        self.evaluate()
+        return self.report()
+
+
+def _summary(returns) -> dict:
+    returns = np.asarray(returns, np.float64)
+    return {"mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size)}

@@ -1,0 +1,191 @@
+"""Population and batch rollouts with V, M and C in the loop: frame → z → h → action.
+
+An `Agent` is static (models, action mapping, mode); its parameters are pytrees passed in, so a
+whole population of controllers is a leading axis that `vmap` maps over. Episodes run in chunks
+of steps inside a `lax.while_loop` that exits as soon as every episode in the batch has ended,
+so a generation of short, failing episodes costs little.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from worldmodels_jax.envs.actions import ActionEncoder
+from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.models.controller import ActionMapping, Controller
+from worldmodels_jax.models.mdnrnn import MDNRNN, LSTMCarry
+from worldmodels_jax.models.vae import ConvVAE, sample_z
+
+
+@struct.dataclass
+class WorldModelParams:
+    """The frozen V and M parameters an agent needs (either may be None)."""
+
+    vae: Any = None
+    memory: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Agent:
+    """frame → z → (h, c) → action, with M stepped on (z, a) after acting.
+
+    obs_kind 'pixels': observations are frames, encoded by V. obs_kind 'features': observations are
+    already [z, h, c] (the dream's observation), and the agent only applies C.
+    """
+
+    controller: Controller
+    mapping: ActionMapping
+    vae: ConvVAE | None = None
+    memory: MDNRNN | None = None
+    action_encoder: ActionEncoder | None = None
+    obs_kind: str = "pixels"
+    z_sample: bool = True
+    """Sample z = μ + σ·ε from V (as the original did) instead of using μ."""
+
+    def __post_init__(self):
+        mode = self.controller.config.mode
+        if self.obs_kind not in ("pixels", "features"):
+            raise ConfigError(f"obs_kind must be 'pixels' or 'features', got {self.obs_kind!r}")
+        if self.obs_kind == "pixels" and self.vae is None:
+            raise ConfigError("a pixel agent needs V")
+        if self.obs_kind == "pixels" and self.uses_memory and (self.memory is None or self.action_encoder is None):
+            raise ConfigError(f"controller mode {mode!r} needs M and an action encoder")
+
+    @property
+    def uses_memory(self) -> bool:
+        return self.controller.config.mode in ("z_h", "z_c_h")
+
+    @property
+    def z_size(self) -> int:
+        return self.controller.config.z_size
+
+    @property
+    def feature_size(self) -> int:
+        return self.controller.config.feature_size
+
+    def init_carry(self, wm_params: WorldModelParams) -> LSTMCarry:
+        hidden = self.feature_size if self.uses_memory and self.obs_kind == "pixels" else 1
+        zeros = jnp.zeros((hidden,), jnp.float32)
+        return LSTMCarry(h=zeros, c=zeros)
+
+    def act(self, wm_params: WorldModelParams, c_params, carry: LSTMCarry, obs: jax.Array,
+            first: jax.Array, key: jax.Array):
+        """One step for one environment: returns (action, next carry)."""
+        controller = lambda z, h, c: self.controller.apply({"params": c_params}, z, h, c)  # noqa: E731
+        if self.obs_kind == "features":
+            z, h, c = jnp.split(obs, [self.z_size, self.z_size + self.feature_size])
+            return self.mapping(controller(z, h, c)), carry
+        mu, logvar = self.vae.apply({"params": wm_params.vae}, obs, method=ConvVAE.encode)
+        z = sample_z(key, mu, logvar) if self.z_sample else mu
+        if not self.uses_memory:
+            return self.mapping(controller(z, None, None)), carry
+        carry = jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), carry)
+        action = self.mapping(controller(z, carry.h, carry.c))
+        carry, _, _ = self.memory.apply(
+            {"params": wm_params.memory}, carry, z, self.action_encoder(action), first, method=MDNRNN.step
+        )
+        return action, carry
+
+
+@struct.dataclass
+class EpisodeStats:
+    returns: jax.Array  # [B]
+    lengths: jax.Array  # [B]
+    terminated: jax.Array  # [B] ended by termination (not truncation)
+
+
+def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_params, keys: jax.Array,
+                 max_steps: int, chunk: int = 50) -> EpisodeStats:
+    """Runs one episode per key, with `c_params` batched along axis 0 like `keys` ([B] each).
+
+    Steps run in chunks of `chunk` inside a `while_loop` that stops once every episode has ended
+    (or after `max_steps`). Rewards after an episode's end are not counted.
+    """
+    batch = keys.shape[0]
+    reset_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
+    carry = jax.vmap(lambda _: agent.init_carry(wm_params))(jnp.arange(batch))
+
+    def one_step(c_p, state, key_t):
+        obs, env_state, carry, alive, first, ret, length, term = state
+        key_act, key_env = jax.random.split(key_t)
+        action, carry = agent.act(wm_params, c_p, carry, obs, first, key_act)
+        obs, env_state, reward, terminated, truncated, _ = env.step(key_env, env_state, action, env_params)
+        ret = ret + jnp.where(alive, reward, 0.0)
+        length = length + alive.astype(jnp.int32)
+        term = term | (alive & terminated)
+        alive = alive & ~(terminated | truncated)
+        return (obs, env_state, carry, alive, jnp.zeros_like(first), ret, length, term)
+
+    batched_step = jax.vmap(one_step)
+
+    def chunk_body(loop_state):
+        t, state = loop_state
+
+        def scan_body(state, i):
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + i))(run_keys)
+            return batched_step(c_params, state, step_keys), None
+
+        state, _ = jax.lax.scan(scan_body, state, jnp.arange(chunk))
+        return t + chunk, state
+
+    def cond(loop_state):
+        t, state = loop_state
+        return (t < max_steps) & jnp.any(state[3])
+
+    zeros_f = jnp.zeros((batch,), jnp.float32)
+    init = (obs, env_state, carry, jnp.ones((batch,), bool), jnp.ones((batch,), bool), zeros_f,
+            jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool))
+    _, final = jax.lax.while_loop(cond, chunk_body, (jnp.array(0), init))
+    return EpisodeStats(returns=final[5], lengths=final[6], terminated=final[7])
+
+
+def population_returns(env, env_params, agent: Agent, wm_params: WorldModelParams, population,
+                       key: jax.Array, rollouts: int, max_steps: int, chunk: int = 50,
+                       common_random_numbers: bool = True) -> jax.Array:
+    """Mean return over `rollouts` episodes for each member of `population` (pytree with leading axis P).
+
+    With common random numbers every member meets the same `rollouts` episode seeds, which makes
+    their comparison fairer (the original shared seeds across the population the same way).
+    """
+    pop_size = jax.tree.leaves(population)[0].shape[0]
+    if common_random_numbers:
+        keys = jnp.tile(jax.random.split(key, rollouts), (pop_size, 1))
+    else:
+        keys = jax.random.split(key, pop_size * rollouts)
+    flat_params = jax.tree.map(lambda x: jnp.repeat(x, rollouts, axis=0), population)
+    stats = run_episodes(env, env_params, agent, wm_params, flat_params, keys, max_steps, chunk)
+    return stats.returns.reshape((pop_size, rollouts)).mean(axis=1)
+
+
+def evaluate_params(env, env_params, agent: Agent, wm_params: WorldModelParams, c_params, key: jax.Array,
+                    episodes: int, max_steps: int, chunk: int = 50) -> EpisodeStats:
+    """`episodes` episodes of one controller (unbatched params)."""
+    keys = jax.random.split(key, episodes)
+    batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (episodes, *x.shape)), c_params)
+    return run_episodes(env, env_params, agent, wm_params, batched, keys, max_steps, chunk)
+
+
+def random_policy_returns(env, env_params, key: jax.Array, episodes: int, max_steps: int, chunk: int = 50) -> EpisodeStats:
+    """Episodes of a uniformly random policy (the baseline every report shows)."""
+    from worldmodels_jax.envs.actions import action_spec, sample_action
+
+    spec = action_spec(env.action_space(env_params))
+
+    @dataclasses.dataclass(frozen=True)
+    class _Random:
+        def init_carry(self, wm_params):
+            return jnp.zeros(())
+
+        def act(self, wm_params, c_params, carry, obs, first, key):
+            return sample_action(key, spec), carry
+
+    dummy = jnp.zeros((episodes,))
+    return run_episodes(env, env_params, _Random(), WorldModelParams(), dummy, jax.random.split(key, episodes),
+                        max_steps, chunk)

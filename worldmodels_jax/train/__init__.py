@@ -1,0 +1,1 @@
+"""One module per learner: V (`vae`), M (`mdn`), C (`controller`)."""
