@@ -112,7 +112,7 @@ def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_p
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
     carry = jax.vmap(lambda _: agent.init_carry(wm_params))(jnp.arange(batch))
 
-    def one_step(c_p, state, key_t):
+    def one_step(c_p, state, key_t, t):
         obs, env_state, carry, alive, first, ret, length, term = state
         key_act, key_env = jax.random.split(key_t)
         action, carry = agent.act(wm_params, c_p, carry, obs, first, key_act)
@@ -120,17 +120,17 @@ def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_p
         ret = ret + jnp.where(alive, reward, 0.0)
         length = length + alive.astype(jnp.int32)
         term = term | (alive & terminated)
-        alive = alive & ~(terminated | truncated)
+        alive = alive & ~(terminated | truncated) & (t + 1 < max_steps)
         return (obs, env_state, carry, alive, jnp.zeros_like(first), ret, length, term)
 
-    batched_step = jax.vmap(one_step)
+    batched_step = jax.vmap(one_step, in_axes=(0, 0, 0, None))
 
     def chunk_body(loop_state):
         t, state = loop_state
 
         def scan_body(state, i):
             step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + i))(run_keys)
-            return batched_step(c_params, state, step_keys), None
+            return batched_step(c_params, state, step_keys, t + i), None
 
         state, _ = jax.lax.scan(scan_body, state, jnp.arange(chunk))
         return t + chunk, state

@@ -18,7 +18,7 @@ from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, EnvState
 
 SIZE = 64
-TRACK_ROW = 46.0
+TRACK_ROW = 46.5  # a pixel centre: the track is a crisp 1-pixel line
 X_SCALE = 10.0  # pixels per world unit: ±2.4 → ±24 pixels
 CART_HALF = (5.0, 3.0)  # half width, half height (pixels)
 POLE_LENGTH = 26.0
