@@ -4,6 +4,8 @@
     wmj collect|train-vae|encode|train-mdn|train-controller|evaluate|report --out DIR [--preset P] [overrides]
     wmj info --preset NAME [--json]
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
+    wmj evolve --env ... --policy ... --strategy CMA_ES --population N
+    wmj bench [--quick] [--only NAME]
 
 Config overrides use the dataclass paths, e.g. `--train-vae.epochs 2 --controller.es.population 16`
 (see `wmj run --preset cpu-small --help`). A run directory that already exists is resumed.
@@ -116,7 +118,7 @@ def cmd_stage(command: str, args, rest) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "dream")
+    commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             from worldmodels_jax.rl.cli import main as rl_main
 
             return rl_main(rest) or 0
+        if command == "evolve":
+            from worldmodels_jax.evolve_cli import main as evolve_main
+
+            return evolve_main(rest) or 0
         if command == "bench":
             from worldmodels_jax.bench import main as bench_main
 
