@@ -1,0 +1,153 @@
+"""The whole pipeline at a tiny size: every artifact, determinism, resume after interruption, clear errors."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from worldmodels_jax.cli import main as wmj
+from worldmodels_jax.configs import get_preset
+from worldmodels_jax.errors import CheckpointError, ConfigError, EnvError
+from worldmodels_jax.pipeline import Pipeline
+
+pytestmark = pytest.mark.slow
+TINY = get_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    assert wmj(["run", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_end_to_end_writes_every_artifact(tiny_run):
+    for name in ("config.json", "report.md", "report.json", "reconstructions.png", "dream_vs_real.gif",
+                 "plots/vae_loss.png", "plots/mdn_nll.png", "plots/controller_returns.png",
+                 "data/manifest.json", "encoded/manifest.json", "metrics/train-vae.jsonl", "metrics/train-mdn.jsonl",
+                 "metrics/train-controller-z_h.jsonl"):
+        assert (tiny_run / name).exists(), name
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["env"] == "CartPolePixels-v1" and report["preset"] == "tiny"
+    assert set(report["param_counts"]) == {"vae", "mdn_rnn", "controller"}
+    assert set(report["results"]) == {"z_h", "z", "random"}
+    for summary in report["results"].values():
+        assert summary["episodes"] == TINY.evaluate.episodes and summary["mean"] > 0
+    for stage in ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate"):
+        assert report["timings"][stage] > 0
+    # each controller-training record is one generation; evaluations every eval_every generations
+    records = [json.loads(line) for line in (tiny_run / "metrics/train-controller-z_h.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in records] == list(range(1, TINY.controller.es.generations + 1))
+    assert sum("eval_mean" in r for r in records) == TINY.controller.es.generations // TINY.controller.es.eval_every
+
+
+def test_rerun_of_a_finished_run_is_a_no_op(tiny_run):
+    before = (tiny_run / "stages" / "train-vae.json").read_text()
+    pipeline = Pipeline(get_preset("tiny"), tiny_run, progress=False)
+    pipeline.collect()
+    pipeline.train_vae()
+    assert (tiny_run / "stages" / "train-vae.json").read_text() == before
+
+
+def test_same_seed_same_result(tiny_run, tmp_path):
+    pipeline = Pipeline(get_preset("tiny"), tmp_path / "again", progress=False)
+    pipeline.collect()
+    pipeline.train_vae()
+    first = Pipeline(get_preset("tiny"), tiny_run, progress=False)
+    for a, b in zip(jax.tree.leaves(first.vae_params()), jax.tree.leaves(pipeline.vae_params())):
+        np.testing.assert_array_equal(a, b)
+    other_seed = Pipeline(dataclasses.replace(get_preset("tiny"), seed=1), tmp_path / "seed1", progress=False)
+    other_seed.collect()
+    a = np.load(tiny_run / "data" / "shard_00000.npz")["obs"]
+    b = np.load(tmp_path / "seed1" / "data" / "shard_00000.npz")["obs"]
+    assert not np.array_equal(a, b)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "resume"
+    shutil.copytree(tiny_run, out)
+    for stage in ("train-mdn", "train-controller", "train-controller-z_h", "train-controller-z", "evaluate", "report"):
+        (out / "stages" / f"{stage}.json").unlink(missing_ok=True)
+    for name in ("train-mdn", "mdn", "train-controller-z_h", "controller-z_h", "train-controller-z", "controller-z"):
+        shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
+
+    from worldmodels_jax import checkpoint as ckpt
+
+    original_save = ckpt.Checkpointer.save
+    calls = {"n": 0}
+
+    def save_then_die(self, step, tree):
+        original_save(self, step, tree)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Interrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(ckpt.Checkpointer, "save", save_then_die)
+    with pytest.raises(Interrupt):
+        Pipeline(get_preset("tiny"), out, progress=False).train_mdn()
+    assert (out / "stages" / "train-mdn.json").exists() is False
+    monkeypatch.setattr(ckpt.Checkpointer, "save", original_save)
+    resumed = Pipeline(get_preset("tiny"), out, progress=False)
+    resumed.train_mdn()
+    uninterrupted = Pipeline(get_preset("tiny"), tiny_run, progress=False)
+    for a, b in zip(jax.tree.leaves(uninterrupted.memory_params()), jax.tree.leaves(resumed.memory_params())):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    steps = [json.loads(line)["step"] for line in (out / "metrics" / "train-mdn.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated records after the resume
+
+    calls["n"] = 0
+    monkeypatch.setattr(ckpt.Checkpointer, "save", save_then_die)
+    with pytest.raises(Interrupt):
+        Pipeline(get_preset("tiny"), out, progress=False).train_controller()
+    monkeypatch.setattr(ckpt.Checkpointer, "save", original_save)
+    Pipeline(get_preset("tiny"), out, progress=False).train_controller()
+    for mode in ("z_h", "z"):
+        a = uninterrupted.controller_params(mode)
+        b = resumed.controller_params(mode)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        gens = [json.loads(line)["generation"] for line in
+                (out / "metrics" / f"train-controller-{mode}.jsonl").read_text().splitlines()]
+        assert gens == list(range(1, TINY.controller.es.generations + 1))
+
+
+def test_clear_errors(tiny_run, tmp_path):
+    with pytest.raises(EnvError, match="64×64×3"):
+        Pipeline(dataclasses.replace(get_preset("tiny"), env_id="CartPole-v1"), tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="different configuration"):
+        Pipeline(dataclasses.replace(get_preset("tiny"), seed=5), tiny_run, progress=False)
+    fresh = Pipeline(get_preset("tiny"), tmp_path / "fresh", progress=False)
+    with pytest.raises(Exception, match="collect"):
+        fresh.train_vae()
+    with pytest.raises(CheckpointError, match="no trained vae"):
+        fresh.vae_params()
+    with pytest.raises(ConfigError, match="done head"):
+        dataclasses.replace(get_preset("tiny"), controller=dataclasses.replace(TINY.controller, where="dream"))
+    assert wmj(["run", "--preset", "no-such-preset", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "corrupt"
+    shutil.copytree(tiny_run, out)
+    for file in (out / "checkpoints" / "vae").rglob("*"):
+        if file.is_file() and file.stat().st_size > 100:
+            file.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot be restored"):
+        Pipeline(get_preset("tiny"), out, progress=False).vae_params()
+
+
+def test_info_prints_param_counts(capsys):
+    assert wmj(["info", "--preset", "carracing-paper", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["param_counts"] == {"vae": 4_348_547, "mdn_rnn": 422_368,
+                                       "controller": {"z_h": 867, "z": 99, "z_hidden": 1443}}
