@@ -47,15 +47,15 @@ def test_render_shows_cart_position_and_pole_angle():
     # tilted right: the top of the pole is right of the pivot
     rows, columns = np.nonzero(pole_pixels(tilted))
     assert columns[rows.argmin()] > SIZE / 2 + 3
-    # background white above, track dark at its row
-    assert (centre[2, 2] == 255).all() and centre[int(TRACK_ROW), 2].max() < 100
+    # light-grey background above, dark track at its row
+    assert (centre[2, 2] == 224).all() and centre[int(TRACK_ROW), 2].max() < 100
 
 
 def test_render_is_antialiased_and_subpixel_sensitive():
     a = np.asarray(render(jnp.float32(0.0), jnp.float32(0.0))).astype(int)
     b = np.asarray(render(jnp.float32(0.03), jnp.float32(0.0))).astype(int)  # 0.3 pixel shift
     assert np.abs(a - b).sum() > 0
-    intermediate = (a > 5) & (a < 250)
+    intermediate = (a > 5) & (a < 220) & (a != 202) & (a != 152) & (a != 101) & (a != 40)
     assert intermediate.any()  # partial-coverage pixels exist
 
 

@@ -3,6 +3,7 @@
     wmj run --env CartPolePixels-v1 --preset cpu-small --out DIR [config overrides]
     wmj collect|train-vae|encode|train-mdn|train-controller|evaluate|report --out DIR [--preset P] [overrides]
     wmj info --preset NAME [--json]
+    wmj dream --out DIR [--temperature T] [--steps N]   (a GIF of an episode imagined by M, decoded by V)
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
     wmj evolve --env ... --policy ... --strategy CMA_ES --population N
     wmj bench [--quick] [--only NAME]
@@ -116,6 +117,26 @@ def cmd_stage(command: str, args, rest) -> int:
     return 0
 
 
+def cmd_dream(args, rest) -> int:
+    """`wmj dream --out DIR [--temperature T] [--steps N] [--mode MODE]`: a GIF of an imagined episode."""
+    from worldmodels_jax.pipeline import Pipeline, load_config
+    from worldmodels_jax.report import imagined_episode_gif
+
+    parser = argparse.ArgumentParser(prog="wmj dream")
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--mode", default=None)
+    parser.add_argument("--gif", type=Path, default=None)
+    extra = parser.parse_args(rest)
+    config = load_config(args.out)
+    pipeline = Pipeline(config, args.out, progress=False)
+    temperature = config.controller.temperature if extra.temperature is None else extra.temperature
+    path = extra.gif or args.out / f"dream_tau{temperature:g}.gif"
+    info = imagined_episode_gif(pipeline, path, extra.steps, temperature, extra.mode)
+    print(f"wrote {info['path']}: {info['steps']} imagined steps at temperature {temperature:g} ({info['mode']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream")
@@ -142,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = _parse_common(rest, command)
         if command == "info":
             return cmd_info(args, rest)
+        if command == "dream":
+            return cmd_dream(args, rest)
         return cmd_stage(command, args, rest)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)

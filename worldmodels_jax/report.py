@@ -159,3 +159,41 @@ def write_report(pipeline) -> dict:
     lines += ["", "## Artifacts", ""] + [f"- [{a}]({a})" for a in artifacts]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")
     return {"artifacts": artifacts}
+
+
+def imagined_episode_gif(pipeline, path, steps: int, temperature: float, mode: str | None = None) -> dict:
+    """An episode imagined entirely by M under the trained controller, decoded by V, as a GIF."""
+    import imageio.v2 as imageio
+
+    modes = pipeline.config.controller.modes
+    mode = mode or ("z_h" if "z_h" in modes else modes[0])
+    env, env_params = pipeline.dream_env()
+    env_params = env_params.replace(temperature=temperature)
+    agent = pipeline.agent(mode, obs_kind="features")
+    c_params = pipeline.controller_params(mode)
+    vae_params = pipeline.vae_params()
+    z_size = pipeline.config.vae.z_size
+
+    @jax.jit
+    def dream(key):
+        key_reset, key_run = jax.random.split(key)
+        obs, state = env.reset(key_reset, env_params)
+
+        def step(carry, key_t):
+            obs, state, alive = carry
+            key_act, key_env = jax.random.split(key_t)
+            action, _ = agent.act(None, c_params, None, obs, jnp.array(False), key_act)
+            next_obs, state, reward, terminated, truncated, _ = env.step(key_env, state, action, env_params)
+            return (next_obs, state, alive & ~(terminated | truncated)), (obs[:z_size], alive)
+
+        _, (zs, alive) = jax.lax.scan(step, (obs, state, jnp.array(True)), jax.random.split(key_run, steps))
+        frames = pipeline.vae.apply({"params": vae_params}, zs, method=ConvVAE.decode)
+        return frames, alive
+
+    frames, alive = dream(jax.random.PRNGKey(pipeline.config.seed + 7))
+    frames = np.asarray(jnp.clip(frames * 255, 0, 255)).astype(np.uint8)
+    alive = np.asarray(alive)
+    length = int(alive.sum())
+    movie = [np.kron(f, np.ones((4, 4, 1), np.uint8)) for f in frames[: max(length, 1)]]
+    imageio.mimsave(path, movie, duration=0.05, loop=0)
+    return {"path": str(path), "steps": length, "temperature": temperature, "mode": mode}

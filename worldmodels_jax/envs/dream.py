@@ -2,7 +2,8 @@
 
 Observation: [z_t, h_t, c_t] (M's latent and memory), which is exactly what a world-model agent
 composes from real frames, so a controller trained here runs unchanged in the real env.
-Episodes start from stored initial latents of real episodes. done = (M's done logit > 0);
+Episodes start from stored initial latents of real episodes. done = (M's done logit > 0) (an M
+without a done head never ends an episode: the pipeline refuses to train in such a dream);
 the reward is +1 per step (or M's reward head); truncation at `max_steps_in_episode`.
 """
 
@@ -47,8 +48,6 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
             raise ConfigError(f"dream reward must be 'constant' or 'head', got {reward!r}")
         if reward == "head" and not memory.config.reward_head:
             raise ConfigError("dream reward 'head' needs M trained with reward_head=True")
-        if not memory.config.done_head:
-            raise ConfigError("the dream needs M's done head to end episodes: train M with done_head=True")
         self.memory = memory
         self._action_space = action_space
         self.action_encoder = action_encoder
