@@ -60,7 +60,7 @@ def cmd_info(args, rest) -> int:
     from worldmodels_jax.configs import resolve
     from worldmodels_jax.data import make_env
     from worldmodels_jax.models.controller import ControllerConfig, action_mapping_for, init_controller
-    from worldmodels_jax.models.mdnrnn import init_mdnrnn
+    from worldmodels_jax.models.memory import init_memory, make_memory
     from worldmodels_jax.models.vae import init_vae, param_count
     from worldmodels_jax.rundir import to_jsonable
 
@@ -76,15 +76,16 @@ def cmd_info(args, rest) -> int:
         print(f"note: env {config.env_id} unavailable ({err}); sizes from the preset as written", file=sys.stderr)
         outputs = config.mdn.action_size
     key = jax.random.PRNGKey(0)
+    memory = make_memory(config.memory, config.mdn, config.transformer)
     controllers = {}
     for mode in config.controller.modes:
-        c = ControllerConfig(mode=mode, z_size=config.vae.z_size, feature_size=config.mdn.hidden_size,
+        c = ControllerConfig(mode=mode, z_size=config.vae.z_size, feature_size=memory.feature_size,
                              num_outputs=outputs, hidden_units=config.controller.hidden_units,
                              use_bias=config.controller.use_bias)
         controllers[mode] = param_count(init_controller(key, c))
     payload = {"preset": config.preset, "config": to_jsonable(config),
                "param_counts": {"vae": param_count(init_vae(key, config.vae)),
-                                "mdn_rnn": param_count(init_mdnrnn(key, config.mdn)), "controller": controllers}}
+                                "mdn_rnn": param_count(init_memory(key, memory)), "controller": controllers}}
     if args.json:
         print(json.dumps(payload, indent=2))
     else:

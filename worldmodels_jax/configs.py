@@ -13,6 +13,7 @@ import dataclasses
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.evolution import ESConfig
 from worldmodels_jax.models.mdnrnn import MDNRNNConfig
+from worldmodels_jax.models.memory import MEMORIES, TransformerSettings
 from worldmodels_jax.models.vae import VAEConfig
 from worldmodels_jax.train.mdn import MDNTrainConfig
 from worldmodels_jax.train.vae import VAETrainConfig
@@ -96,6 +97,10 @@ class PipelineConfig:
     """How actions enter M: 'auto', 'onehot', 'scalar' or 'box'."""
     vae: VAEConfig = VAEConfig()
     mdn: MDNRNNConfig = MDNRNNConfig()
+    """M's sizes and heads (shared by both memories; hidden_size is the LSTM's)."""
+    memory: str = "lstm"
+    """M's memory: 'lstm' (the MDN-RNN) or 'transformer' (a causal transformer with a KV cache)."""
+    transformer: TransformerSettings = TransformerSettings()
     collect: CollectConfig = CollectConfig()
     train_vae: VAETrainConfig = VAETrainConfig()
     train_mdn: MDNTrainConfig = MDNTrainConfig()
@@ -107,6 +112,10 @@ class PipelineConfig:
     def __post_init__(self):
         if self.controller.where == "dream" and not self.mdn.done_head:
             raise ConfigError("training in the dream needs M's done head: set mdn.done_head=True")
+        if self.memory not in MEMORIES:
+            raise ConfigError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
+        if self.memory == "transformer" and "z_c_h" in self.controller.modes:
+            raise ConfigError("controller mode 'z_c_h' needs the LSTM's cell state; use 'z_h' with memory='transformer'")
         if self.mdn.z_size != self.vae.z_size:
             raise ConfigError(f"mdn.z_size ({self.mdn.z_size}) must equal vae.z_size ({self.vae.z_size})")
 

@@ -24,7 +24,7 @@ from worldmodels_jax.envs.dream import DreamEnv, DreamParams
 from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from worldmodels_jax.evolution import es_state_is_finite, make_evolution
 from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
-from worldmodels_jax.models.mdnrnn import MDNRNN, init_mdnrnn
+from worldmodels_jax.models.memory import init_memory, make_memory
 from worldmodels_jax.models.vae import ConvVAE, init_vae, param_count
 from worldmodels_jax.rollouts import (Agent, WorldModelParams, evaluate_params, population_returns,
                                       random_policy_returns)
@@ -55,8 +55,11 @@ def _config_from_json(payload: dict) -> PipelineConfig:
     p = dict(payload)
     controller = dict(p["controller"])
     controller["es"] = build(ESConfig, controller["es"])
+    from worldmodels_jax.models.memory import TransformerSettings
+
     return build(c.PipelineConfig, {
         **p,
+        "transformer": build(TransformerSettings, p.get("transformer", {})),
         "vae": build(VAEConfig, p["vae"]), "mdn": build(MDNRNNConfig, p["mdn"]),
         "collect": build(c.CollectConfig, p["collect"]), "train_vae": build(VAETrainConfig, p["train_vae"]),
         "train_mdn": build(MDNTrainConfig, p["train_mdn"]),
@@ -94,7 +97,7 @@ class Pipeline:
         self.spec = action_spec(self.env.action_space(self.env_params))
         self.action_encoder = ActionEncoder(self.spec, self.config.action_encoding)
         self.vae = ConvVAE(self.config.vae)
-        self.memory = MDNRNN(self.config.mdn)
+        self.memory = make_memory(self.config.memory, self.config.mdn, self.config.transformer)
         self.root_key = jax.random.PRNGKey(self.config.seed)
 
     # ------------------------------------------------------------------ helpers
@@ -126,12 +129,15 @@ class Pipeline:
     def vae_params(self):
         return self.load_params("vae", init_vae(jax.random.PRNGKey(0), self.config.vae))
 
+    def memory_params_template(self):
+        return init_memory(jax.random.PRNGKey(0), self.memory)
+
     def memory_params(self):
-        return self.load_params("mdn", init_mdnrnn(jax.random.PRNGKey(0), self.config.mdn))
+        return self.load_params("mdn", self.memory_params_template())
 
     def controller_config(self, mode: str) -> ControllerConfig:
         mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
-        return ControllerConfig(mode=mode, z_size=self.config.vae.z_size, feature_size=self.config.mdn.hidden_size,
+        return ControllerConfig(mode=mode, z_size=self.config.vae.z_size, feature_size=self.memory.feature_size,
                                 num_outputs=mapping.num_outputs, hidden_units=self.config.controller.hidden_units,
                                 use_bias=self.config.controller.use_bias)
 
@@ -268,8 +274,8 @@ class Pipeline:
         held_out = max(1, num_seq // 10) if num_seq > 1 else 0
         train_data = jax.tree.map(lambda x: x[held_out:], data) if held_out else data
         test_data = jax.tree.map(lambda x: x[:held_out], data) if held_out else data
-        init, train_chunk = make_mdn_trainer(self.config.mdn, cfg)
-        evaluate_nll = make_evaluate_nll(self.config.mdn)
+        init, train_chunk = make_mdn_trainer(self.memory, cfg)
+        evaluate_nll = make_evaluate_nll(self.memory)
         key = self.key("train-mdn")
         template = init(jax.random.fold_in(key, 7))
         checkpointer = self.run.checkpointer("train-mdn")

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldmodels_jax.models.controller import init_controller
-from worldmodels_jax.models.mdnrnn import MDNRNN, mdn_sample
+from worldmodels_jax.models.mdnrnn import mdn_sample
 from worldmodels_jax.models.vae import ConvVAE, init_vae, param_count
-from worldmodels_jax.models.mdnrnn import init_mdnrnn
 from worldmodels_jax.plots import plot_curves
 from worldmodels_jax.rollouts import WorldModelParams
 from worldmodels_jax.rundir import write_json_atomic
@@ -87,11 +86,11 @@ def dream_vs_real_gif(pipeline, steps: int, observe_steps: int = 10, temperature
             lstm, z_prev = carry
             t, z_real, a_t, key_t = inputs
             z_in = jnp.where(t < observe_steps, z_real, z_prev)
-            lstm, output, _ = memory.apply({"params": wm.memory}, lstm, z_in, a_t, t == 0, method=MDNRNN.step)
+            lstm, output, _ = memory.apply({"params": wm.memory}, lstm, z_in, a_t, t == 0, method="step")
             z_next = mdn_sample(key_t, output, temperature)
             return (lstm, z_next), z_in
 
-        init = (memory.apply({"params": wm.memory}, method=MDNRNN.initial_carry), mu[0])
+        init = (memory.apply({"params": wm.memory}, method="initial_carry"), mu[0])
         _, z_dream = jax.lax.scan(step, init, (jnp.arange(steps), mu, encoded, jax.random.split(key, steps)))
         dream = vae.apply({"params": wm.vae}, z_dream, method=ConvVAE.decode)
         return recon, dream
@@ -128,7 +127,7 @@ def write_report(pipeline) -> dict:
     timings["train-controller"] = sum(v for k, v in timings.items() if k.startswith("train-controller-"))
     param_counts = {
         "vae": param_count(init_vae(jax.random.PRNGKey(0), cfg.vae)),
-        "mdn_rnn": param_count(init_mdnrnn(jax.random.PRNGKey(0), cfg.mdn)),
+        "mdn_rnn": param_count(pipeline.memory_params_template()),
         "controller": {mode: param_count(init_controller(jax.random.PRNGKey(0), pipeline.controller_config(mode)))
                        for mode in cfg.controller.modes},
     }

@@ -18,7 +18,7 @@ from flax import struct
 from worldmodels_jax.envs.actions import ActionEncoder
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.models.controller import ActionMapping, Controller
-from worldmodels_jax.models.mdnrnn import MDNRNN, LSTMCarry
+from worldmodels_jax.models.mdnrnn import LSTMCarry
 from worldmodels_jax.models.vae import ConvVAE, sample_z
 
 
@@ -41,7 +41,8 @@ class Agent:
     controller: Controller
     mapping: ActionMapping
     vae: ConvVAE | None = None
-    memory: MDNRNN | None = None
+    memory: Any = None
+    """M's memory module (MDNRNN or TransformerM)."""
     action_encoder: ActionEncoder | None = None
     obs_kind: str = "pixels"
     z_sample: bool = True
@@ -68,9 +69,10 @@ class Agent:
     def feature_size(self) -> int:
         return self.controller.config.feature_size
 
-    def init_carry(self, wm_params: WorldModelParams) -> LSTMCarry:
-        hidden = self.feature_size if self.uses_memory and self.obs_kind == "pixels" else 1
-        zeros = jnp.zeros((hidden,), jnp.float32)
+    def init_carry(self, wm_params: WorldModelParams):
+        if self.uses_memory and self.obs_kind == "pixels":
+            return self.memory.apply({"params": wm_params.memory}, method="initial_carry")
+        zeros = jnp.zeros((1,), jnp.float32)
         return LSTMCarry(h=zeros, c=zeros)
 
     def act(self, wm_params: WorldModelParams, c_params, carry: LSTMCarry, obs: jax.Array,
@@ -85,9 +87,9 @@ class Agent:
         if not self.uses_memory:
             return self.mapping(controller(z, None, None)), carry
         carry = jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), carry)
-        action = self.mapping(controller(z, carry.h, carry.c))
+        action = self.mapping(controller(z, carry.h, getattr(carry, "c", None)))
         carry, _, _ = self.memory.apply(
-            {"params": wm_params.memory}, carry, z, self.action_encoder(action), first, method=MDNRNN.step
+            {"params": wm_params.memory}, carry, z, self.action_encoder(action), first, method="step"
         )
         return action, carry
 

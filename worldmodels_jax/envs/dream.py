@@ -1,6 +1,6 @@
 """The dream: a gymnax Environment whose dynamics are a trained M sampled at temperature τ.
 
-Observation: [z_t, h_t, c_t] (M's latent and memory), which is exactly what a world-model agent
+Observation: [z_t, h_t, c_t] (M's latent and memory; no c for the transformer M), which is exactly what a world-model agent
 composes from real frames, so a controller trained here runs unchanged in the real env.
 Episodes start from stored initial latents of real episodes. done = (M's done logit > 0) (an M
 without a done head never ends an episode: the pipeline refuses to train in such a dream);
@@ -18,15 +18,14 @@ from gymnax.environments import environment, spaces
 
 from worldmodels_jax.envs.actions import ActionEncoder
 from worldmodels_jax.errors import ConfigError, ShapeError
-from worldmodels_jax.models.mdnrnn import MDNRNN, mdn_sample
+from worldmodels_jax.models.mdnrnn import mdn_sample
 from worldmodels_jax.models.vae import sample_z
 
 
 @struct.dataclass
 class DreamState(environment.EnvState):
     z: jax.Array
-    h: jax.Array
-    c: jax.Array
+    carry: Any  # M's recurrent state (LSTMCarry or the transformer's KV caches)
     time: int
 
 
@@ -42,7 +41,7 @@ class DreamParams(environment.EnvParams):
 class DreamEnv(environment.Environment[DreamState, DreamParams]):
     """M as an environment. `action_space` is the real env's; actions are encoded for M as in training."""
 
-    def __init__(self, memory: MDNRNN, action_space, action_encoder: ActionEncoder, reward: str = "constant"):
+    def __init__(self, memory, action_space, action_encoder: ActionEncoder, reward: str = "constant"):
         super().__init__()
         if reward not in ("constant", "head"):
             raise ConfigError(f"dream reward must be 'constant' or 'head', got {reward!r}")
@@ -52,15 +51,18 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         self._action_space = action_space
         self.action_encoder = action_encoder
         self.reward_kind = reward
-        cfg = memory.config
-        self.obs_shape = (cfg.z_size + 2 * cfg.hidden_size,)
+        from worldmodels_jax.models.memory import has_cell_state
+
+        self.with_cell_state = has_cell_state(memory)
+        self.obs_shape = (memory.config.z_size + memory.feature_size * (2 if self.with_cell_state else 1),)
 
     @property
     def default_params(self) -> DreamParams:
         return DreamParams()
 
     def _obs(self, state: DreamState) -> jax.Array:
-        return jnp.concatenate([state.z, state.h, state.c])
+        parts = [state.z, state.carry.h] + ([state.carry.c] if self.with_cell_state else [])
+        return jnp.concatenate(parts)
 
     def reset_env(self, key, params: DreamParams):
         if params.memory_params is None or params.initial_mu is None:
@@ -68,24 +70,22 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         key_index, key_z = jax.random.split(key)
         index = jax.random.randint(key_index, (), 0, params.initial_mu.shape[0])
         z = sample_z(key_z, params.initial_mu[index], params.initial_logvar[index])
-        hidden = jnp.zeros((self.memory.config.hidden_size,), jnp.float32)
-        state = DreamState(z=z, h=hidden, c=hidden, time=0)
+        carry = self.memory.apply({"params": params.memory_params}, method="initial_carry")
+        state = DreamState(z=z, carry=carry, time=0)
         return self._obs(state), state
 
     def step_env(self, key, state: DreamState, action, params: DreamParams):
-        from worldmodels_jax.models.mdnrnn import LSTMCarry
-
         encoded = self.action_encoder(jnp.asarray(action))
         if encoded.shape != (self.memory.config.action_size,):
             raise ShapeError(f"dream action encodes to {encoded.shape}, M expects ({self.memory.config.action_size},)")
         carry, output, _ = self.memory.apply(
-            {"params": params.memory_params}, LSTMCarry(state.h, state.c), state.z, encoded,
-            jnp.asarray(state.time == 0), method=MDNRNN.step,
+            {"params": params.memory_params}, state.carry, state.z, encoded,
+            jnp.asarray(state.time == 0), method="step",
         )
         z = mdn_sample(key, output, params.temperature)
         terminated = output.done_logit > 0
         reward = output.reward if self.reward_kind == "head" else jnp.float32(1.0)
-        new_state = DreamState(z=z, h=carry.h, c=carry.c, time=state.time + 1)
+        new_state = DreamState(z=z, carry=carry, time=state.time + 1)
         return self._obs(new_state), new_state, jnp.asarray(reward, jnp.float32), terminated, {}
 
     def is_terminated(self, state, params):

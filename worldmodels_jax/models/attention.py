@@ -3,7 +3,9 @@
 Shape conventions (leading batch axes `...` are allowed everywhere and broadcast):
   - a sequence of model vectors is `[..., T, D]`;
   - per-head queries, keys and values are `[..., T, H, Dh]` (time, heads, per-head width);
-  - attention logits, weights and masks are `[..., H, Tq, Tk]` (masks may omit axes that broadcast).
+  - attention logits, weights and masks are `[..., H, Tq, Tk]` (masks may omit axes that broadcast);
+  - a KV cache stores keys and values head-major, `[..., H, W, Dh]`, the layout both attention matmuls
+    want (no transpose of the whole cache per decoding step).
 
 Masks: a boolean mask is True where a query may attend to a key; a floating mask is added to the logits
 (0 to keep, a large negative number to drop). Rows in which a boolean mask allows nothing return zeros.
@@ -12,8 +14,9 @@ Contents:
   - `scaled_dot_product_attention`, `causal_mask`, `sliding_window_causal_mask`, `mask_to_additive`;
   - `sinusoidal_encoding`, `LearnedPositionalEncoding`, `RelativePositionBias`;
   - `MultiHeadAttention` (self- and cross-attention, with an incremental `decode_step`);
-  - `KVCache` and its pure functions `init_kv_cache`, `kv_cache_update`, `kv_cache_reset`, and for chunks
-    `sequence_positions`, `chunk_attention_mask`, `kv_cache_write_sequence`;
+  - `KVCache` and its pure functions `init_kv_cache`, `kv_cache_update`, `kv_cache_reset`,
+    `kv_cache_step_offsets`, and for chunks `sequence_positions`, `chunk_attention_mask`,
+    `kv_cache_write_sequence`;
   - `FeedForward`, `TransformerBlock` (pre-LN), `CrossAttentionBlock` (pre-LN decoder block);
   - stacks: `TransformerEncoder`, `CausalTransformer` (decoder-only, with a KV cache), `TransformerDecoder`,
     and `EncoderDecoder` with `greedy_decode`.
@@ -108,8 +111,22 @@ def scaled_dot_product_attention(
         raise ShapeError(f"attention: q and k must share (heads, head_dim); got q{q.shape} k{k.shape}")
     if k.shape[-3:-1] != v.shape[-3:-1]:
         raise ShapeError(f"attention: k and v must share (length, heads); got k{k.shape} v{v.shape}")
+    out, weights = _attention_heads_major(
+        jnp.swapaxes(q, -3, -2), jnp.swapaxes(k, -3, -2), jnp.swapaxes(v, -3, -2), mask, bias
+    )
+    out = jnp.swapaxes(out, -3, -2)
+    if return_weights:
+        return out, weights
+    return out
+
+
+def _attention_heads_major(
+    q: Array, k: Array, v: Array, mask: Array | None, bias: Array | None
+) -> tuple[Array, Array]:
+    """The attention of `scaled_dot_product_attention` on head-major `q [..., H, Tq, Dh]`,
+    `k [..., H, Tk, Dh]`, `v [..., H, Tk, Dv]`; returns `(out [..., H, Tq, Dv], weights [..., H, Tq, Tk])`."""
     depth = q.shape[-1]
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(jnp.asarray(depth, q.dtype))
+    logits = jnp.einsum("...hqd,...hkd->...hqk", q, k) / jnp.sqrt(jnp.asarray(depth, q.dtype))
     if bias is not None:
         logits = logits + bias
     valid = None
@@ -124,10 +141,7 @@ def scaled_dot_product_attention(
         # exp(min - max) underflows to exactly 0, so masked keys get exactly zero weight and zero gradient;
         # rows with no allowed key would be uniform, so zero them.
         weights = jnp.where(jnp.any(valid, axis=-1, keepdims=True), weights, 0.0)
-    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
-    if return_weights:
-        return out, weights
-    return out
+    return jnp.einsum("...hqk,...hkd->...hqd", weights, v), weights
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,14 +206,14 @@ class KVCache:
     the last `window` tokens and each step attends to `window` slots: O(window) per step, static shapes.
     """
 
-    k: Array  # [..., W, H, Dh]
-    v: Array  # [..., W, H, Dv]
+    k: Array  # [..., H, W, Dh]  (the contents of empty slots are unspecified; attention never reads them)
+    v: Array  # [..., H, W, Dv]
     slot_pos: Array  # [..., W] int32: position of the token held in each slot, -1 if empty
     next_pos: Array  # [...] int32: position of the next token to be written
 
     @property
     def window(self) -> int:
-        return self.k.shape[-3]
+        return self.k.shape[-2]
 
 
 def init_kv_cache(
@@ -213,8 +227,8 @@ def init_kv_cache(
     check(window >= 1, ConfigError, f"init_kv_cache: window must be >= 1, got {window}")
     batch_shape = tuple(batch_shape)
     return KVCache(
-        k=jnp.zeros(batch_shape + (window, num_heads, head_dim), dtype),
-        v=jnp.zeros(batch_shape + (window, num_heads, head_dim), dtype),
+        k=jnp.zeros(batch_shape + (num_heads, window, head_dim), dtype),
+        v=jnp.zeros(batch_shape + (num_heads, window, head_dim), dtype),
         slot_pos=jnp.full(batch_shape + (window,), -1, jnp.int32),
         next_pos=jnp.zeros(batch_shape, jnp.int32),
     )
@@ -222,14 +236,12 @@ def init_kv_cache(
 
 def kv_cache_update(cache: KVCache, k_t: Array, v_t: Array) -> KVCache:
     """Write one token's key `[..., H, Dh]` and value `[..., H, Dv]` into slot `next_pos % W`."""
-    if k_t.shape != cache.k.shape[:-3] + cache.k.shape[-2:]:
-        raise ShapeError(
-            f"kv_cache_update: k_t must be {cache.k.shape[:-3] + cache.k.shape[-2:]}, got {k_t.shape}"
-        )
-    if v_t.shape != cache.v.shape[:-3] + cache.v.shape[-2:]:
-        raise ShapeError(
-            f"kv_cache_update: v_t must be {cache.v.shape[:-3] + cache.v.shape[-2:]}, got {v_t.shape}"
-        )
+    want_k = cache.k.shape[:-2] + cache.k.shape[-1:]
+    want_v = cache.v.shape[:-2] + cache.v.shape[-1:]
+    if k_t.shape != want_k:
+        raise ShapeError(f"kv_cache_update: k_t must be {want_k}, got {k_t.shape}")
+    if v_t.shape != want_v:
+        raise ShapeError(f"kv_cache_update: v_t must be {want_v}, got {v_t.shape}")
     # A scatter of one row per stream (in place inside a scan), not a select over the whole buffer: the write
     # costs O(H Dh) and only the attention read is O(W).
     batch_shape = cache.next_pos.shape
@@ -237,14 +249,16 @@ def kv_cache_update(cache: KVCache, k_t: Array, v_t: Array) -> KVCache:
     rows = jnp.arange(n)
     slot = (cache.next_pos % cache.window).reshape(n)
 
-    def write(buf, val):
-        flat = buf.reshape((n,) + buf.shape[len(batch_shape):])
-        return flat.at[rows, slot].set(val.reshape((n,) + val.shape[len(batch_shape):])).reshape(buf.shape)
+    def write(buf, val):  # buf [..., H, W, D], val [..., H, D]
+        flat = buf.reshape((n,) + buf.shape[-3:])
+        return flat.at[rows, :, slot].set(val.reshape((n,) + val.shape[-2:]).astype(buf.dtype)).reshape(buf.shape)
 
     return KVCache(
-        k=write(cache.k, k_t.astype(cache.k.dtype)),
-        v=write(cache.v, v_t.astype(cache.v.dtype)),
-        slot_pos=write(cache.slot_pos, cache.next_pos),
+        k=write(cache.k, k_t),
+        v=write(cache.v, v_t),
+        slot_pos=cache.slot_pos.reshape(n, -1).at[rows, slot].set(cache.next_pos.reshape(n)).reshape(
+            cache.slot_pos.shape
+        ),
         next_pos=cache.next_pos + 1,
     )
 
@@ -266,14 +280,16 @@ def kv_cache_reset(cache: KVCache, reset: Array) -> KVCache:
     )
 
 
-def kv_cache_offsets(cache: KVCache) -> tuple[Array, Array]:
-    """For a cache that already holds the current token: `(offset [..., W], valid [..., W])`.
+def kv_cache_step_offsets(cache: KVCache) -> tuple[Array, Array]:
+    """For the token about to be written (position `next_pos`): `(offset [..., W], valid [..., W])` of every
+    slot *after* `kv_cache_update`, i.e. `next_pos - slot_pos` (0 for the token itself) and slot occupancy.
 
-    `offset` is `query_pos - slot_pos` (the current token is at `next_pos - 1`), `valid` marks filled slots.
+    Use it to build a relative-position bias for `MultiHeadAttention.decode_step`.
     """
-    valid = cache.slot_pos >= 0
-    offset = (cache.next_pos - 1)[..., None] - cache.slot_pos
-    return jnp.where(valid, offset, 0), valid
+    written = jax.nn.one_hot(cache.next_pos % cache.window, cache.window, dtype=jnp.bool_)
+    slot_pos = jnp.where(written, cache.next_pos[..., None], cache.slot_pos)
+    valid = slot_pos >= 0
+    return jnp.where(valid, cache.next_pos[..., None] - slot_pos, 0), valid
 
 
 def sequence_positions(next_pos: Array, reset_seq: Array) -> tuple[Array, Array, Array]:
@@ -320,15 +336,17 @@ def chunk_attention_mask(cache: KVCache, reset_seq: Array) -> tuple[Array, Array
 
 
 def kv_cache_write_sequence(cache: KVCache, k_seq: Array, v_seq: Array, reset_seq: Array) -> KVCache:
-    """The cache after writing a chunk of T tokens (keys `[..., T, H, Dh]`, values `[..., T, H, Dv]`) in order,
+    """The cache after writing a chunk of T tokens (time-major keys `[..., T, H, Dh]`, values `[..., T, H, Dv]`),
     with `reset_seq [..., T]` clearing it before flagged tokens. Equal to T calls of `kv_cache_reset` and
     `kv_cache_update`, but one O(W) gather: slot w ends up holding the one position in [P - W, P) congruent to
     w mod W, where P is the final next position.
     """
-    if k_seq.shape[:-3] != cache.k.shape[:-3] or k_seq.shape[-2:] != cache.k.shape[-2:]:
-        raise ShapeError(f"kv_cache_write_sequence: k_seq {k_seq.shape} does not fit cache k {cache.k.shape}")
-    if v_seq.shape[:-3] != cache.v.shape[:-3] or v_seq.shape[-2:] != cache.v.shape[-2:]:
-        raise ShapeError(f"kv_cache_write_sequence: v_seq {v_seq.shape} does not fit cache v {cache.v.shape}")
+    for name, seq, buf in (("k_seq", k_seq, cache.k), ("v_seq", v_seq, cache.v)):
+        if seq.ndim != buf.ndim or seq.shape[:-3] != buf.shape[:-3] or seq.shape[-2:] != (buf.shape[-3], buf.shape[-1]):
+            raise ShapeError(
+                f"kv_cache_write_sequence: {name} must be [..., T, H, D] matching a cache [..., H, W, D] = "
+                f"{buf.shape}, got {seq.shape}"
+            )
     window, t_len = cache.window, k_seq.shape[-3]
     pos, _, _ = sequence_positions(cache.next_pos, reset_seq)
     final_next = pos[..., -1] + 1  # [...]
@@ -339,9 +357,9 @@ def kv_cache_write_sequence(cache: KVCache, k_seq: Array, v_seq: Array, reset_se
     from_chunk = t_idx >= 0
     valid = slot_pos >= 0
     take = jnp.clip(t_idx, 0, t_len - 1)[..., :, None, None]
-    k_new = jnp.take_along_axis(k_seq, take, axis=-3)
-    v_new = jnp.take_along_axis(v_seq, take, axis=-3)
-    sel = (valid & from_chunk)[..., None, None]  # empty slots keep whatever they held, as in kv_cache_reset
+    k_new = jnp.swapaxes(jnp.take_along_axis(k_seq, take, axis=-3), -3, -2)  # [..., H, W, Dh]
+    v_new = jnp.swapaxes(jnp.take_along_axis(v_seq, take, axis=-3), -3, -2)
+    sel = (valid & from_chunk)[..., None, :, None]  # empty slots keep whatever they held, as in kv_cache_reset
     return KVCache(
         k=jnp.where(sel, k_new, cache.k).astype(cache.k.dtype),
         v=jnp.where(sel, v_new, cache.v).astype(cache.v.dtype),
@@ -411,14 +429,15 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Array, Array, Array]:
         """Self-attention of a chunk `x [..., T, D]` over `[prefix ; chunk]` keys and values.
 
-        `prefix_k/v [..., P, H, Dh]` (e.g. a KV cache's slots); `mask`/`bias` broadcast to `[..., H, T, P + T]`.
-        Returns `(y [..., T, D], k [..., T, H, Dh], v [..., T, H, Dh])`, the chunk's own keys and values.
+        `prefix_k/v [..., H, P, Dh]` are head-major (a KV cache's slots); `mask`/`bias` broadcast to
+        `[..., H, T, P + T]`. Returns `(y [..., T, D], k [..., T, H, Dh], v [..., T, H, Dh])`, the chunk's own
+        keys and values.
         """
         q, k, v = self.query(x), self.key(x), self.value(x)
-        keys = jnp.concatenate([prefix_k, k], axis=-3)
-        values = jnp.concatenate([prefix_v, v], axis=-3)
-        y = scaled_dot_product_attention(q, keys, values, mask=mask, bias=bias)
-        return self.out(y), k, v
+        keys = jnp.concatenate([prefix_k, jnp.swapaxes(k, -3, -2)], axis=-2)
+        values = jnp.concatenate([prefix_v, jnp.swapaxes(v, -3, -2)], axis=-2)
+        y, _ = _attention_heads_major(jnp.swapaxes(q, -3, -2), keys, values, mask, bias)
+        return self.out(jnp.swapaxes(y, -3, -2)), k, v
 
     def decode_step(
         self, x_t: Array, cache: KVCache, bias: Array | None = None
@@ -435,14 +454,14 @@ class MultiHeadAttention(nn.Module):
         q_t, k_t, v_t = self.query(x_t), self.key(x_t), self.value(x_t)
         cache = kv_cache_update(cache, k_t, v_t)
         valid = cache.slot_pos >= 0  # [..., W]
-        y = scaled_dot_product_attention(
-            q_t[..., None, :, :],
+        y, _ = _attention_heads_major(
+            q_t[..., :, None, :],  # [..., H, 1, Dh]
             cache.k,
             cache.v,
-            mask=valid[..., None, None, :],
-            bias=None if bias is None else bias[..., :, None, :],
+            valid[..., None, None, :],
+            None if bias is None else bias[..., :, None, :],
         )
-        return self.out(y[..., 0, :, :]), cache
+        return self.out(y[..., :, 0, :]), cache
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from worldmodels_jax.models.attention import (
     chunk_attention_mask,
     init_kv_cache,
     kv_cache_reset,
+    kv_cache_step_offsets,
 )
 from worldmodels_jax.models.mdnrnn import MDNHead, MDNOutput
 
@@ -98,9 +99,14 @@ class TransformerMConfig:
 
 @struct.dataclass
 class TransformerCarry:
-    """The transformer M's recurrent state: one ring-buffer KV cache per layer."""
+    """The transformer M's recurrent state: one ring-buffer KV cache per layer, and the last features.
+
+    `h` mirrors `LSTMCarry.h`: the features of the last step (zeros in the initial carry), so code that reads
+    the controller's features from `carry.h` works for both memories. Only the caches feed the next step.
+    """
 
     caches: tuple[KVCache, ...]
+    h: jax.Array  # [..., d_model]
 
 
 class TransformerM(nn.Module):
@@ -128,7 +134,8 @@ class TransformerM(nn.Module):
             caches=tuple(
                 init_kv_cache(tuple(batch_shape), cfg.window, cfg.num_heads, head_dim)
                 for _ in range(cfg.num_layers)
-            )
+            ),
+            h=jnp.zeros((*batch_shape, cfg.d_model), jnp.float32),
         )
 
     def _inputs(self, z: jax.Array, action: jax.Array, reset: jax.Array) -> jax.Array:
@@ -163,20 +170,16 @@ class TransformerM(nn.Module):
         x = self.embed(self._inputs(z, action, reset))
         self._check_carry(carry, z.shape[:-1])
         caches = tuple(kv_cache_reset(c, reset) for c in carry.caches)
-        # offsets of every slot from the current token, once it is written into slot next_pos % W
-        c0 = caches[0]
-        written = jax.nn.one_hot(c0.next_pos % c0.window, c0.window, dtype=jnp.bool_)
-        slot_pos = jnp.where(written, c0.next_pos[..., None], c0.slot_pos)
-        offsets = jnp.where(slot_pos >= 0, c0.next_pos[..., None] - slot_pos, 0)
+        offsets, _ = kv_cache_step_offsets(caches[0])  # every layer's cache holds the same positions
         bias = jnp.swapaxes(self.rel_bias(offsets), -1, -2)  # [..., H, W]
         features, caches = self.core.decode_step(x, caches, bias=bias)
-        return TransformerCarry(caches=caches), self.head(features), features
+        return TransformerCarry(caches=caches, h=features), self.head(features), features
 
     def _observe_chunk(self, carry: TransformerCarry, x: jax.Array, reset: jax.Array):
         _, offsets = chunk_attention_mask(carry.caches[0], reset)  # [B, C, W + C]
         bias = jnp.moveaxis(self.rel_bias(offsets), -1, -3)  # [B, H, C, W + C]
         features, caches = self.core.decode_chunk(x, carry.caches, reset=reset, bias=bias)
-        return TransformerCarry(caches=caches), features
+        return TransformerCarry(caches=caches, h=features[:, -1]), features
 
     def observe(
         self, z: jax.Array, action: jax.Array, reset: jax.Array, carry: TransformerCarry | None = None

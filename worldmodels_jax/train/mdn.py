@@ -14,7 +14,8 @@ import optax
 from flax import struct
 
 from worldmodels_jax.errors import ConfigError, ShapeError
-from worldmodels_jax.models.mdnrnn import MDNRNN, MDNRNNConfig, done_loss, init_mdnrnn, mdn_nll
+from worldmodels_jax.models.mdnrnn import MDNRNN, done_loss, mdn_nll
+from worldmodels_jax.models.memory import init_memory
 from worldmodels_jax.models.vae import sample_z
 
 
@@ -92,13 +93,18 @@ def sample_windows(key: jax.Array, data: SequenceData, batch: int, length: int):
     return z, window
 
 
-def make_mdn_trainer(model_config: MDNRNNConfig, config: MDNTrainConfig):
-    """Returns `(init(key) -> state, train_chunk(state, data, key) -> (state, metrics [chunk_steps]))`."""
-    model = MDNRNN(model_config)
+def make_mdn_trainer(model, config: MDNTrainConfig):
+    """Returns `(init(key) -> state, train_chunk(state, data, key) -> (state, metrics [chunk_steps]))`.
+
+    `model` is M's memory module (an `MDNRNN`, or any module with the same interface); an
+    `MDNRNNConfig` is accepted too and builds the MDN-RNN.
+    """
+    model = MDNRNN(model) if not hasattr(model, "apply") else model
+    model_config = model.config
     optimizer = make_optimizer(config)
 
     def init(key):
-        params = init_mdnrnn(key, model_config)
+        params = init_memory(key, model)
         return MDNTrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
     def loss_fn(params, z, window: SequenceData):
@@ -106,7 +112,7 @@ def make_mdn_trainer(model_config: MDNRNNConfig, config: MDNTrainConfig):
         action = window.action[:, :-1]
         reset = window.first[:, :-1].at[:, 0].set(True)  # windows start from a fresh carry
         ended = window.terminated[:, :-1] | window.truncated[:, :-1]
-        output, _, _ = model.apply({"params": params}, inputs_z, action, reset, method=MDNRNN.observe)
+        output, _, _ = model.apply({"params": params}, inputs_z, action, reset, method="observe")
         nll = mdn_nll(output, target_z, mask=~ended)  # z_{t+1} belongs to the same episode
         metrics = {"nll": nll}
         loss = nll
@@ -143,15 +149,15 @@ def make_mdn_trainer(model_config: MDNRNNConfig, config: MDNTrainConfig):
     return init, train_chunk
 
 
-def make_evaluate_nll(model_config: MDNRNNConfig):
+def make_evaluate_nll(model):
     """Returns jitted `nll(params, data)`: next-z NLL per dimension over whole sequences, z = μ (no sampling)."""
-    model = MDNRNN(model_config)
+    model = MDNRNN(model) if not hasattr(model, "apply") else model
 
     @jax.jit
     def nll(params, data: SequenceData):
         reset = data.first.at[:, 0].set(True)
         output, _, _ = model.apply({"params": params}, data.mu[:, :-1], data.action[:, :-1], reset[:, :-1],
-                                   method=MDNRNN.observe)
+                                   method="observe")
         ended = data.terminated[:, :-1] | data.truncated[:, :-1]
         return mdn_nll(output, data.mu[:, 1:], mask=~ended)
 

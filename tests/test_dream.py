@@ -1,0 +1,93 @@
+"""DreamEnv obeys the gymnax contract for both memories (LSTM and transformer)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gymnax.environments import spaces
+
+from worldmodels_jax.envs.actions import ActionEncoder, action_spec
+from worldmodels_jax.envs.dream import DreamEnv, DreamParams
+from worldmodels_jax.models.mdnrnn import MDNRNNConfig
+from worldmodels_jax.models.memory import TransformerSettings, init_memory, make_memory
+
+MDN = MDNRNNConfig(z_size=4, action_size=1, hidden_size=8, num_mixtures=3, done_head=True, restart_input=True)
+SMALL_TRANSFORMER = TransformerSettings(d_model=8, num_layers=1, num_heads=2, ffn_dim=16, window=4, chunk_size=4)
+
+
+def _dream(kind, done_bias, temperature=1.0, max_steps=7):
+    memory = make_memory(kind, MDN, SMALL_TRANSFORMER)
+    params = init_memory(jax.random.PRNGKey(0), memory)
+    params = _set_done_bias(params, done_bias)
+    space = spaces.Discrete(3)
+    env = DreamEnv(memory, space, ActionEncoder(action_spec(space), "scalar"))
+    initial = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+    env_params = DreamParams(memory_params=params, initial_mu=initial, initial_logvar=jnp.full((5, 4), -20.0),
+                             temperature=temperature, max_steps_in_episode=max_steps)
+    return env, env_params, memory
+
+
+def _set_done_bias(params, value):
+    """Sets the done logit's bias (the last output of the MDN head's dense layer) and zeroes its weights."""
+    def fix(path, leaf):
+        names = [getattr(p, "key", "") for p in path]
+        if "mdn_dense" in names and names[-1] == "bias":
+            return leaf.at[-1].set(value)
+        if "mdn_dense" in names and names[-1] == "kernel":
+            return leaf.at[:, -1].set(0.0)
+        return leaf
+    return jax.tree_util.tree_map_with_path(fix, params)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_observation_layout_and_reset(kind):
+    env, params, memory = _dream(kind, -10.0)
+    obs, state = env.reset(jax.random.PRNGKey(2), params)
+    extra = 2 if kind == "lstm" else 1
+    assert obs.shape == (4 + extra * memory.feature_size,)
+    # the episode starts from one of the stored initial latents (logvar -20: no noise)
+    assert np.min(np.abs(np.asarray(params.initial_mu) - np.asarray(obs[:4])).sum(-1)) < 1e-3
+    assert np.all(np.asarray(obs[4:]) == 0.0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_done_logit_terminates_and_auto_resets(kind):
+    env, params, _ = _dream(kind, +10.0)
+    obs, state = env.reset(jax.random.PRNGKey(2), params)
+    obs, state, reward, terminated, truncated, info = jax.jit(env.step)(jax.random.PRNGKey(3), state, 1, params)
+    assert bool(terminated) and not bool(truncated)
+    assert int(state.time) == 0  # auto-reset
+    assert float(reward) == 1.0
+    assert info["final_observation"].shape == obs.shape
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_truncation_at_the_time_limit(kind):
+    env, params, _ = _dream(kind, -10.0, max_steps=5)
+    _, state = env.reset(jax.random.PRNGKey(2), params)
+    step = jax.jit(env.step)
+    for t in range(5):
+        _, state, _, terminated, truncated, _ = step(jax.random.PRNGKey(t), state, t % 3, params)
+        assert not bool(terminated)
+        assert bool(truncated) == (t == 4)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_cold_dream_follows_the_most_likely_component(kind):
+    env, params, memory = _dream(kind, -10.0, temperature=1e-8)
+    obs, state = env.reset(jax.random.PRNGKey(2), params)
+    obs2, state2, *_ = env.step(jax.random.PRNGKey(5), state, 2, params)
+    encoded = env.action_encoder(jnp.asarray(2))
+    _, output, _ = memory.apply({"params": params.memory_params}, state.carry, state.z, encoded, jnp.asarray(True),
+                                method="step")
+    best = np.argmax(np.asarray(output.logpi), axis=-1)
+    np.testing.assert_allclose(obs2[:4], np.asarray(output.mu)[np.arange(4), best], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_vmapped_dream_population(kind):
+    env, params, _ = _dream(kind, -10.0)
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    obs, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+    obs, states, reward, *_ = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))(keys, states, jnp.arange(6) % 3, params)
+    assert obs.shape[0] == 6 and reward.shape == (6,)
