@@ -56,6 +56,9 @@ class ControllerStageConfig:
     """Dream temperature τ."""
     z_sample: bool = True
     """In the real env, feed z = μ + σ·ε (the original) rather than μ."""
+    normalize_features: bool = False
+    """Standardise C's inputs z and h with their mean and std over the training data (the original fed
+    them raw; a small V whose latents vary over a tiny range needs this for CMA-ES to find them)."""
     max_episode_steps: int = 0
     """Cap on episode length in rollouts (0: the env's own limit)."""
     chunk_steps: int = 50
@@ -138,7 +141,7 @@ PRESETS: dict[str, PipelineConfig] = {
             modes=("z_h", "z", "z_hidden"),
             es=ESConfig(population=32, rollouts=4, generations=40, eval_every=5, eval_episodes=32,
                         l2_coef=0.0, sigma_init=0.5, target_score=490.0),
-            z_sample=False,
+            z_sample=False, normalize_features=True,
         ),
         evaluate=EvaluateConfig(episodes=100),
     ),

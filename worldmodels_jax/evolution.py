@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ from flax import struct
 from worldmodels_jax.errors import ConfigError
 
 WORST_FITNESS = -1e30
+
+EVEN_POPULATION = frozenset({"ARS", "ASEBO", "CR_FM_NES", "GuidedES", "NoiseReuseES", "Open_ES", "PGPE", "PersistentES"})
+"""Strategies that sample antithetic (mirrored) pairs, or otherwise need an even population."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,9 @@ class ESConfig:
     """All candidates of a generation share the same episode seeds."""
     open_es_lr: float = 0.05
     """Learning rate of the optimizer for gradient-style strategies (Open_ES, PGPE use it)."""
+    antithetic: bool = True
+    """Mirrored pairs (θ+ε, θ−ε) where the strategy offers the choice (Open_ES, SV_Open_ES); ARS, PGPE,
+    GuidedES, ... always sample pairs."""
 
     def __post_init__(self):
         if self.strategy not in EVOSAX_ALGORITHMS:
@@ -56,7 +63,7 @@ class ESConfig:
             )
         if self.population < 2:
             raise ConfigError(f"population must be >= 2, got {self.population}")
-        if self.strategy in ("Open_ES",) and self.population % 2:
+        if self.strategy in EVEN_POPULATION and self.population % 2:
             raise ConfigError(f"{self.strategy} uses antithetic pairs: population must be even, got {self.population}")
         if self.sigma_init <= 0:
             raise ConfigError(f"sigma_init must be > 0, got {self.sigma_init}")
@@ -70,11 +77,17 @@ class ESConfig:
 def make_strategy(config: ESConfig, template):
     """The evosax strategy object and its params, with σ₀ applied."""
     cls = EVOSAX_ALGORITHMS[config.strategy]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    if "use_antithetic_sampling" in accepted:
+        kwargs["use_antithetic_sampling"] = config.antithetic
     if config.strategy == "Open_ES":
-        strategy = cls(config.population, template, optimizer=optax.adam(config.open_es_lr),
-                       std_schedule=optax.constant_schedule(config.sigma_init))
-    else:
-        strategy = cls(config.population, template)
+        kwargs.update(optimizer=optax.adam(config.open_es_lr), std_schedule=optax.constant_schedule(config.sigma_init))
+    try:
+        strategy = cls(config.population, template, **kwargs)
+    except (TypeError, AssertionError) as err:
+        raise ConfigError(f"evolution strategy {config.strategy!r} cannot be built with population "
+                          f"{config.population} and defaults ({err}); choose another strategy") from err
     params = strategy.default_params
     if "std_init" in getattr(params, "__dataclass_fields__", {}):
         params = params.replace(std_init=jnp.asarray(config.sigma_init, jnp.float32))

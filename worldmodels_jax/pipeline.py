@@ -135,6 +135,23 @@ class Pipeline:
     def memory_params(self):
         return self.load_params("mdn", self.memory_params_template())
 
+    def world_model_params(self, needs_memory: bool) -> WorldModelParams:
+        """V (and M) parameters for an agent, with feature statistics if the config asks for them."""
+        vae = self.vae_params()
+        memory = self.memory_params() if needs_memory or self.config.controller.normalize_features else None
+        stats = self.feature_stats(memory) if self.config.controller.normalize_features else None
+        return WorldModelParams(vae=vae, memory=memory if needs_memory else None, feature_stats=stats)
+
+    def feature_stats(self, memory_params) -> dict:
+        """Mean and std of μ over the encoded data, and of M's features h when run over it."""
+        data = self.sequence_data()
+        sample = jax.tree.map(lambda x: x[:64], data)
+        _, features, _ = jax.jit(lambda p, d: self.memory.apply(
+            {"params": p}, d.mu, d.action, d.first.at[:, 0].set(True), method="observe"))(memory_params, sample)
+        floor = 1e-6
+        return {"z_mean": jnp.mean(data.mu, axis=(0, 1)), "z_std": jnp.std(data.mu, axis=(0, 1)) + floor,
+                "h_mean": jnp.mean(features, axis=(0, 1)), "h_std": jnp.std(features, axis=(0, 1)) + floor}
+
     def controller_config(self, mode: str) -> ControllerConfig:
         mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
         return ControllerConfig(mode=mode, z_size=self.config.vae.z_size, feature_size=self.memory.feature_size,
@@ -323,7 +340,7 @@ class Pipeline:
         es = ccfg.es
         stage = f"train-controller-{mode}"
         needs_memory = mode in ("z_h", "z_c_h") or ccfg.where == "dream"
-        wm = WorldModelParams(vae=self.vae_params(), memory=self.memory_params() if needs_memory else None)
+        wm = self.world_model_params(needs_memory)
         if ccfg.where == "dream":
             env, env_params = self.dream_env()
             agent = self.agent(mode, obs_kind="features")
@@ -411,8 +428,7 @@ class Pipeline:
         modes = self.config.controller.modes
         with self._bar(len(modes) + 1, "evaluate") as bar:
             for mode in modes:
-                needs_memory = mode in ("z_h", "z_c_h")
-                wm = WorldModelParams(vae=self.vae_params(), memory=self.memory_params() if needs_memory else None)
+                wm = self.world_model_params(mode in ("z_h", "z_c_h"))
                 agent = self.agent(mode)
                 stats = jax.jit(lambda p, k, a=agent, w=wm: evaluate_params(
                     self.env, self.env_params, a, w, p, k, cfg.episodes, max_steps,

@@ -52,7 +52,7 @@ def dream_vs_real_gif(pipeline, steps: int, observe_steps: int = 10, temperature
 
     env, env_params = pipeline.env, pipeline.env_params
     mode = "z_h" if "z_h" in pipeline.config.controller.modes else pipeline.config.controller.modes[0]
-    wm = WorldModelParams(vae=pipeline.vae_params(), memory=pipeline.memory_params())
+    wm = pipeline.world_model_params(True)
     agent = pipeline.agent(mode)
     c_params = pipeline.controller_params(mode)
     key = jax.random.PRNGKey(pipeline.config.seed + 123)
@@ -171,6 +171,7 @@ def imagined_episode_gif(pipeline, path, steps: int, temperature: float, mode: s
     agent = pipeline.agent(mode, obs_kind="features")
     c_params = pipeline.controller_params(mode)
     vae_params = pipeline.vae_params()
+    wm = pipeline.world_model_params(False)
     z_size = pipeline.config.vae.z_size
 
     @jax.jit
@@ -181,7 +182,7 @@ def imagined_episode_gif(pipeline, path, steps: int, temperature: float, mode: s
         def step(carry, key_t):
             obs, state, alive = carry
             key_act, key_env = jax.random.split(key_t)
-            action, _ = agent.act(None, c_params, None, obs, jnp.array(False), key_act)
+            action, _ = agent.act(wm, c_params, None, obs, jnp.array(False), key_act)
             next_obs, state, reward, terminated, truncated, _ = env.step(key_env, state, action, env_params)
             return (next_obs, state, alive & ~(terminated | truncated)), (obs[:z_size], alive)
 

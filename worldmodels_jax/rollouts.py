@@ -28,6 +28,8 @@ class WorldModelParams:
 
     vae: Any = None
     memory: Any = None
+    feature_stats: Any = None
+    """Optional {"z_mean", "z_std", "h_mean", "h_std"}: C sees standardised z and h (M still sees raw z)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,14 @@ class Agent:
     def act(self, wm_params: WorldModelParams, c_params, carry: LSTMCarry, obs: jax.Array,
             first: jax.Array, key: jax.Array):
         """One step for one environment: returns (action, next carry)."""
-        controller = lambda z, h, c: self.controller.apply({"params": c_params}, z, h, c)  # noqa: E731
+        stats = None if wm_params is None else wm_params.feature_stats
+
+        def controller(z, h, c):
+            if stats is not None:
+                z = (z - stats["z_mean"]) / stats["z_std"]
+                h = None if h is None else (h - stats["h_mean"]) / stats["h_std"]
+            return self.controller.apply({"params": c_params}, z, h, c)
+
         if self.obs_kind == "features":
             z, h, c = jnp.split(obs, [self.z_size, self.z_size + self.feature_size])
             return self.mapping(controller(z, h, c)), carry

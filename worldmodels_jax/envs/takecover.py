@@ -8,8 +8,8 @@ step (so the return is the number of steps survived), truncation at 2100 steps.
 
 Everything is a pure function over fixed-size slot arrays (`num_monsters` monsters, `num_fireballs`
 fireballs) so that `jit`, `vmap` and `lax.scan` apply directly. The observation is a 64×64×3 uint8
-first-person image ray-cast per pixel: floor, ceiling, side and far walls, then monsters (rectangles)
-and fireballs (discs) z-buffered over the slots, all with screen size ∝ 1/depth.
+first-person image ray-cast per pixel (floor, ceiling, side and far walls), then monsters (rectangles)
+and fireballs (discs) painted in depth order, all with screen size ∝ 1/depth.
 
 World frame: x is lateral (room spans [-room_width/2, room_width/2]), y is depth (the agent's line is
 y = 0, the far wall y = room_depth), z is height (floor 0, ceiling wall_height). The camera sits at
@@ -441,7 +441,8 @@ def survival_steps(
 
     policy: "uniform" (uniform random each step), "held" (random held for 1–10 frames), "dodger"
     (scripted, state-based) or "stay" (always action 1). Each episode runs until termination or
-    `params.max_steps_in_episode`; the rollout is one `lax.scan` of fixed length over a vmapped batch.
+    `params.max_steps_in_episode`, in one compiled `lax.while_loop` over a vmapped batch that stops when
+    every episode has ended. Episode i is not the same random stream as `env.step` would use.
     """
     check(policy in ("uniform", "held", "dodger", "stay"), ConfigError,
           f"policy must be 'uniform', 'held', 'dodger' or 'stay', got {policy!r}.")

@@ -5,22 +5,28 @@ convolution over an input with zeros inserted between the pixels (lhs dilation),
 multiply-adds hit zeros, and its backward passes go through Eigen's generic convolution code. On this project's
 2-core CPU that makes the paper's ConvVAE train about 6x slower than PyTorch (see docs/fast_cpu_layers.md).
 
-This module computes exactly the same functions with formulations that XLA's CPU backend runs well:
+This module computes exactly the same functions as one large matmul per layer plus cheap copies, which XLA's CPU
+backend runs well (its dots go to a tuned GEMM library):
 
 * `conv_transpose_s2(x, kernel)` is `lax.conv_transpose(x, kernel, (2, 2), "VALID")` (Flax's
-  `nn.ConvTranspose(..., strides=(2, 2), padding="VALID")`, `transpose_kernel=False`) computed by *polyphase
-  decomposition*: output pixel (2m+py, 2n+px) only ever sees the kernel taps kernel[qy::2, qx::2] with
-  q = 1 - p, so each of the four output phases is an ordinary stride-1 convolution of the (padded) input with a
-  sub-kernel. The four phases are stacked on the output-feature axis of ONE matmul over im2col patches and then
-  interleaved (depth-to-space). No zeros are inserted and no multiply-add is wasted (for odd kernels, a quarter
-  of the taps of one padded sub-kernel are zero). On a 1x1 input (the first decoder layer) it is a plain dense
-  matmul.
+  `nn.ConvTranspose(..., strides=(2, 2), padding="VALID")`, `transpose_kernel=False`, output (in - 1) * 2 + k).
+  Output pixel (2m+py, 2n+px) only ever sees the kernel taps kernel[qy::2, qx::2] with q = 1 - p (odd kernels
+  are first padded with a leading zero tap). `conv_transpose_s2_fast` picks, per layer shape, the formulation
+  that moves the least data:
+  - a 1x1 input (the decoder's first layer) is a dense matmul;
+  - *polyphase im2col* (`conv_transpose_s2_phase`): each output phase is a stride-1 correlation of the padded
+    input with a sub-kernel; the four phases are stacked on the output-feature axis of ONE matmul over im2col
+    patches and interleaved (depth-to-space). No zeros are inserted between pixels;
+  - *col2im* (`conv_transpose_s2_col2im`, `conv_transpose_s2_col2im_s2d`): one matmul gives every input pixel's
+    contribution to each of its k*k output taps (exactly the useful multiply-adds), then the taps are
+    overlap-added per output phase and interleaved. This is how PyTorch computes transposed convolutions.
 * `conv_s2(x, kernel)` is `lax.conv_general_dilated(x, kernel, (2, 2), "VALID")` (Flax's
-  `nn.Conv(..., strides=(2, 2), padding="VALID")`) computed as an im2col matmul: the k*k strided slices of the
-  input are concatenated on the feature axis and multiplied by the kernel reshaped to (k*k*in, out).
+  `nn.Conv(..., strides=(2, 2), padding="VALID")`), computed as space-to-depth (stride 2 -> stride 1 on 4x the
+  channels, kernel k/2) and an im2col matmul (`conv_s2_s2d_im2col`; odd kernels use strided im2col).
 
-Both use only slices, concatenations, reshapes and one `dot_general` per layer, so their gradients (which JAX
-derives) are matmuls plus pads/adds as well.
+They use only slices, pads, concatenations, `lax.split`, reshapes/transposes and one `dot` per layer, so their
+gradients (which JAX derives) are matmuls plus the mirror-image copies (`lax.split` is used where a slice's
+transpose would otherwise materialise a full-size zero tensor per tap).
 
 `ConvS2` and `ConvTransposeS2` are drop-in Linen modules: the same parameter names (`kernel` with shape
 (kh, kw, in, out), `bias` with shape (out,)), the same initialisers (lecun_normal, zeros) and the same outputs
@@ -116,6 +122,40 @@ def conv_s2_im2col(x: Array, kernel: Array, precision: Any = None) -> Array:
         raise ShapeError(f"conv_s2: input {x.shape} is smaller than the kernel {kernel.shape[:2]}")
     p = _patches(x, ky, kx, 2, out_h, out_w)
     return _matmul_last(p, kernel.reshape(ky * kx * cin, cout), precision)
+
+
+def _space_to_depth(x: Array, out_h: int, out_w: int, ky: int, kx: int) -> Array:
+    """Crop x to the rows/cols a stride-2 VALID conv reads, then (B, 2H, 2W, C) -> (B, H, W, 4C) ordered (p, q, c)."""
+    b, _, _, c = x.shape
+    x = x[:, : 2 * (out_h - 1) + ky, : 2 * (out_w - 1) + kx, :]
+    h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+    return x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4 * c)
+
+
+def _s2d_kernel(kernel: Array) -> Array:
+    """(2U, 2V, C, O) -> (U, V, 4C, O) with the 4C axis ordered (p, q, c) to match `_space_to_depth`."""
+    ky, kx, cin, cout = kernel.shape
+    k6 = kernel.reshape(ky // 2, 2, kx // 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    return k6.reshape(ky // 2, kx // 2, 4 * cin, cout)
+
+
+def conv_s2_s2d_im2col(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Stride-2 VALID convolution (even kernel) as space-to-depth, then a stride-1 im2col matmul with k/2 x k/2 taps.
+
+    Fewer, wider copies than strided im2col: k*k/4 slices of 4*in channels instead of k*k slices of in channels.
+    """
+    _check_nhwc(x, kernel, "conv_s2")
+    ky, kx, cin, cout = kernel.shape
+    if ky % 2 or kx % 2:
+        return conv_s2_im2col(x, kernel, precision)
+    out_h = (x.shape[1] - ky) // 2 + 1
+    out_w = (x.shape[2] - kx) // 2 + 1
+    if out_h < 1 or out_w < 1:
+        raise ShapeError(f"conv_s2: input {x.shape} is smaller than the kernel {kernel.shape[:2]}")
+    xs = _space_to_depth(x, out_h, out_w, ky, kx)
+    ks = _s2d_kernel(kernel)
+    p = _patches(xs, ky // 2, kx // 2, 1, out_h, out_w)
+    return _matmul_last(p, ks.reshape(-1, cout), precision)
 
 
 def conv_s2_s2d(x: Array, kernel: Array, precision: Any = None) -> Array:
@@ -254,16 +294,49 @@ def conv_transpose_s2_col2im(x: Array, kernel: Array, precision: Any = None) -> 
     return _interleave(y, out_h, out_w)
 
 
+def conv_transpose_s2_col2im_s2d(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """col2im with the taps grouped by output phase: one matmul, L*L shifted adds of 4*out channels, depth-to-space.
+
+    Writing the tap index u = 2j + p (j: shift, p: output phase), taps[b, i, (jy, jx, py, px, o)] =
+    x[b, i] @ kernel_flipped[2jy + py, 2jx + px] and the phase-stacked output is
+    D[b, m, (py, px, o)] = sum_{jy, jx} taps[b, m - (jy, jx), (jy, jx, py, px, o)]: L*L shifted adds of 4*out-wide
+    chunks. Its backward pass is the mirror image: a space-to-depth of the output gradient and L*L slices.
+    Odd kernels are padded to even with a zero tap (some wasted multiply-adds).
+    """
+    _check_nhwc(x, kernel, "conv_transpose_s2")
+    b, h, w, cin = x.shape
+    ky, kx, _, cout = kernel.shape
+    out_h, out_w = 2 * (h - 1) + ky, 2 * (w - 1) + kx
+    ke, _, _ = _even_kernel(kernel)
+    ly, lx = ke.shape[0] // 2, ke.shape[1] // 2
+    kf = ke[::-1, ::-1].reshape(ly, 2, lx, 2, cin, cout).transpose(4, 0, 2, 1, 3, 5)
+    kf = kf.reshape(cin, ly * lx * 4 * cout)
+    t = jnp.dot(x.reshape(b * h * w, cin), kf, precision=precision).reshape(b, h, w, ly * lx * 4 * cout)
+    chunks = lax.split(t, [4 * cout] * (ly * lx), axis=3)
+    acc = None
+    for jy in range(ly):
+        for jx in range(lx):
+            c = jnp.pad(chunks[jy * lx + jx], ((0, 0), (jy, ly - 1 - jy), (jx, lx - 1 - jx), (0, 0)))
+            acc = c if acc is None else acc + c
+    return _interleave(acc, out_h, out_w)
+
+
 def conv_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) -> Array:
     """Stride-2 VALID convolution, NHWC x HWIO, no bias. `impl`: "auto" | "xla" | "fast"."""
     if resolve_impl(impl) == "xla":
         return conv_s2_xla(x, kernel, precision)
-    return conv_s2_im2col(x, kernel, precision)
+    return conv_s2_fast(x, kernel, precision)
+
+
+def conv_s2_fast(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """The fast CPU formulation of a stride-2 VALID convolution (space-to-depth + im2col; strided im2col if odd)."""
+    return conv_s2_s2d_im2col(x, kernel, precision)
 
 
 def conv_transpose_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) -> Array:
     """Stride-2 VALID transposed convolution, Flax convention (no kernel flip). `impl`: "auto" | "xla" | "fast"."""
-    if resolve_impl(impl) == "xla":
+    if resolve_impl(impl) == "xla" or min(kernel.shape[:2]) < 2:
+        # Kernels smaller than the stride keep XLA's op (lax pads their output to 2*in; not worth a special case).
         return conv_transpose_s2_xla(x, kernel, precision)
     return conv_transpose_s2_fast(x, kernel, precision)
 
@@ -273,7 +346,8 @@ def conv_transpose_s2_fast(x: Array, kernel: Array, precision: Any = None) -> Ar
 
     col2im's intermediate is (H*W, kh*kw*out) and does exactly the useful multiply-adds; polyphase im2col's is
     ((H+L-1)*(W+L-1), L*L*in) with L = ceil(k/2). For the paper's decoder this picks col2im for 5->13 and 30->64
-    and im2col for 13->30, which is what measured fastest on a 2-core CPU.
+    and im2col for 13->30, which is what measured fastest on a 2-core CPU. Even kernels use the phase-grouped
+    col2im (`conv_transpose_s2_col2im_s2d`, fewer and wider copies); odd ones the per-tap col2im (no zero taps).
     """
     _check_nhwc(x, kernel, "conv_transpose_s2")
     _, h, w, cin = x.shape
@@ -283,9 +357,11 @@ def conv_transpose_s2_fast(x: Array, kernel: Array, precision: Any = None) -> Ar
     ly, lx = (ky + 1) // 2, (kx + 1) // 2
     col2im_size = h * w * ky * kx * cout
     im2col_size = (h + ly - 1) * (w + lx - 1) * ly * lx * cin
-    if col2im_size <= im2col_size:
-        return conv_transpose_s2_col2im(x, kernel, precision)
-    return conv_transpose_s2_phase(x, kernel, precision, method="im2col")
+    if col2im_size > im2col_size:
+        return conv_transpose_s2_phase(x, kernel, precision, method="im2col")
+    if ky % 2 == 0 and kx % 2 == 0:
+        return conv_transpose_s2_col2im_s2d(x, kernel, precision)
+    return conv_transpose_s2_col2im(x, kernel, precision)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Reinforcement-learning foundations: DP, tabular Q-learning/SARSA, DQN, REINFORCE (see docs/rl.md)."""

@@ -1,0 +1,158 @@
+"""Bridge to the real thing: gymnasium's CarRacing-v3 (Box2D + pygame) with the original's 64x64 frames.
+
+The World Models code cropped each 96x96 frame to rows 0:84 (dropping the indicator bar) and resized it to
+64x64. `preprocess_frame` does the same with PIL's bilinear resize; the original went through
+`scipy.misc.imresize`, which also bilinear-resized with PIL but first stretched each frame's contrast to
+[0, 255] when given floats; we keep the uint8 frame as is. Gymnasium is imported lazily, so the rest of
+the package works without it; install it with `pip install -e .[gymnasium]`.
+
+- `run_policy(act, policy_state, episodes)`: per-episode returns of a host-side policy
+  `act(obs64, policy_state) -> (action, policy_state)`, for example a trained V + M + C pipeline.
+- `collect_random_rollouts(episodes)`: random-policy data as numpy arrays (obs, action, reward,
+  terminated, truncated, first, valid), episode-major and padded to the longest episode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from worldmodels_jax.errors import ConfigError, EnvError, ShapeError
+
+ENV_ID = "CarRacing-v3"
+CROP_ROWS = 84
+OBS_SIZE = 64
+
+
+def _gymnasium():
+    """Import gymnasium and check that CarRacing's Box2D and pygame dependencies are there."""
+    try:
+        import gymnasium
+        import Box2D  # noqa: F401
+        import pygame  # noqa: F401
+    except ImportError as e:
+        raise EnvError(
+            f"the gymnasium bridge needs gymnasium with Box2D and pygame ({e.name or e} is missing); "
+            "install them with `pip install -e .[gymnasium]`"
+        ) from e
+    return gymnasium
+
+
+def preprocess_frame(frame: np.ndarray) -> np.ndarray:
+    """A 96x96x3 uint8 CarRacing frame -> the original's 64x64x3 uint8 (crop rows 0:84, bilinear resize)."""
+    from PIL import Image
+
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < CROP_ROWS or frame.dtype != np.uint8:
+        raise ShapeError(f"expected a (96, 96, 3) uint8 CarRacing frame, got {frame.shape} {frame.dtype}")
+    img = Image.fromarray(frame[:CROP_ROWS])
+    return np.asarray(img.resize((OBS_SIZE, OBS_SIZE), Image.BILINEAR), dtype=np.uint8)
+
+
+def make_env(continuous: bool = True, **kwargs):
+    """gymnasium's CarRacing-v3 (with its 1000-step TimeLimit)."""
+    gym = _gymnasium()
+    return gym.make(ENV_ID, continuous=continuous, **kwargs)
+
+
+def _check_episodes(episodes: int, max_steps: int | None) -> None:
+    if not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ConfigError(f"episodes must be an int >= 1, got {episodes!r}")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1 or None (gymnasium's 1000-step limit), got {max_steps!r}")
+
+
+def run_policy(
+    act: Callable[[np.ndarray, Any], tuple[Any, Any]],
+    policy_state: Any,
+    episodes: int,
+    seed: int = 0,
+    continuous: bool = True,
+    max_steps: int | None = None,
+    env=None,
+) -> np.ndarray:
+    """Run `act(obs64, policy_state) -> (action, policy_state)` for `episodes` episodes; return their returns.
+
+    Every episode starts from the given `policy_state` (an RNN controller starts each episode afresh) on
+    track `seed + episode`. An episode ends at termination, gymnasium's 1000-step truncation, or after
+    `max_steps` steps when given.
+    """
+    _check_episodes(episodes, max_steps)
+    own = env is None
+    env = make_env(continuous) if own else env
+    returns = np.zeros(episodes, np.float64)
+    try:
+        for ep in range(episodes):
+            frame, _ = env.reset(seed=seed + ep)
+            state = policy_state
+            t = 0
+            while True:
+                action, state = act(preprocess_frame(frame), state)
+                action = np.asarray(action, np.float32) if continuous else int(action)
+                frame, reward, terminated, truncated, _ = env.step(action)
+                returns[ep] += reward
+                t += 1
+                if terminated or truncated or (max_steps is not None and t >= max_steps):
+                    break
+    finally:
+        if own:
+            env.close()
+    return returns
+
+
+def collect_random_rollouts(
+    episodes: int,
+    seed: int = 0,
+    continuous: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Random-policy rollouts from gymnasium's CarRacing-v3, preprocessed like the original.
+
+    Returns episode-major arrays padded to the longest episode T:
+    obs (E, T, 64, 64, 3) uint8 (the frame the action was taken on), action (E, T, 3) float32 (or (E, T)
+    int32 when discrete), reward (E, T) float32, terminated / truncated / first / valid (E, T) bool.
+    """
+    _check_episodes(episodes, max_steps)
+    env = make_env(continuous)
+    env.action_space.seed(seed)
+    eps = []
+    try:
+        for ep in range(episodes):
+            frame, _ = env.reset(seed=seed + ep)
+            rows = []
+            while True:
+                action = env.action_space.sample()
+                obs = preprocess_frame(frame)
+                frame, reward, terminated, truncated, _ = env.step(action)
+                truncated = truncated or (max_steps is not None and len(rows) + 1 >= max_steps)
+                rows.append((obs, action, reward, terminated, truncated))
+                if terminated or truncated:
+                    break
+            eps.append(rows)
+    finally:
+        env.close()
+    T = max(len(r) for r in eps)
+    act_shape = (3,) if continuous else ()
+    out = {
+        "obs": np.zeros((episodes, T, OBS_SIZE, OBS_SIZE, 3), np.uint8),
+        "action": np.zeros((episodes, T) + act_shape, np.float32 if continuous else np.int32),
+        "reward": np.zeros((episodes, T), np.float32),
+        "terminated": np.zeros((episodes, T), bool),
+        "truncated": np.zeros((episodes, T), bool),
+        "first": np.zeros((episodes, T), bool),
+        "valid": np.zeros((episodes, T), bool),
+    }
+    for e, rows in enumerate(eps):
+        n = len(rows)
+        out["obs"][e, :n] = np.stack([r[0] for r in rows])
+        out["action"][e, :n] = np.asarray([r[1] for r in rows])
+        out["reward"][e, :n] = [r[2] for r in rows]
+        out["terminated"][e, :n] = [r[3] for r in rows]
+        out["truncated"][e, :n] = [r[4] for r in rows]
+        out["first"][e, 0] = True
+        out["valid"][e, :n] = True
+    return out
+
+
+__all__ = ["preprocess_frame", "make_env", "run_policy", "collect_random_rollouts", "ENV_ID"]
