@@ -46,7 +46,7 @@ def build_config(preset: str | None, env: str | None, out: Path | None, override
     if out is not None and (out / "config.json").exists() and preset is None:
         base = load_config(out)
     else:
-        base = get_preset(preset or "cpu-small")
+        base = get_preset(preset or "cpu-small", env)
     if env is not None:
         base = dataclasses.replace(base, env_id=env)
     if show_help:

@@ -197,10 +197,20 @@ PRESETS: dict[str, PipelineConfig] = {
 }
 
 
-def get_preset(name: str) -> PipelineConfig:
+ENV_FAMILIES: dict[str, str] = {"CarRacing-v0": "carracing", "CarRacingDiscrete-v0": "carracing",
+                                "TakeCover-v0": "takecover"}
+"""Envs whose presets are named `<family>-<name>`: `--env CarRacing-v0 --preset cpu-small` is `carracing-cpu-small`."""
+
+
+def get_preset(name: str, env_id: str | None = None) -> PipelineConfig:
+    """The preset `name`; with an env whose family has its own `<family>-<name>` preset, that one."""
+    family = ENV_FAMILIES.get(env_id or "")
+    if family is not None and f"{family}-{name}" in PRESETS:
+        name = f"{family}-{name}"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    preset = PRESETS[name]
+    return preset if env_id is None else dataclasses.replace(preset, env_id=env_id)
 
 
 def resolve(config: PipelineConfig, env, env_params) -> PipelineConfig:
