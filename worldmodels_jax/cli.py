@@ -4,6 +4,8 @@
     wmj collect|train-vae|encode|train-mdn|train-controller|evaluate|report --out DIR [--preset P] [overrides]
     wmj info --preset NAME [--json]
     wmj dream --out DIR [--temperature T] [--steps N]   (a GIF of an episode imagined by M, decoded by V)
+    wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N [--mode z_h] [--seed S] [--max-steps T]
+        (a CarRacing-v0 run's V + M + C on gymnasium's CarRacing-v3; needs `pip install -e '.[gymnasium]'`)
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
     wmj evolve --env ... --policy ... --strategy CMA_ES --population N
     wmj bench [--quick] [--only NAME]
@@ -138,6 +140,31 @@ def cmd_dream(args, rest) -> int:
     return 0
 
 
+def cmd_evaluate_gymnasium(args, rest) -> int:
+    """`wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N`: a trained run on gymnasium's env."""
+    from worldmodels_jax.carracing_experiment import evaluate_on_gymnasium
+    from worldmodels_jax.pipeline import Pipeline, load_config
+
+    parser = argparse.ArgumentParser(prog="wmj evaluate --gymnasium")
+    parser.add_argument("--gymnasium", required=True, help="gymnasium env id (CarRacing-v3)")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--mode", action="append", default=None, help="controller mode(s); default: all trained")
+    parser.add_argument("--seed", type=int, default=0, help="episode e runs on gymnasium track seed + e")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap episodes below gymnasium's 1000 steps")
+    extra = parser.parse_args(rest)
+    pipeline = Pipeline(load_config(args.out), args.out, progress=False)
+    payload = evaluate_on_gymnasium(pipeline, extra.episodes, extra.mode, extra.seed, extra.max_steps,
+                                    env_id=extra.gymnasium)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"{payload['env_id']}, {extra.episodes} tracks (seeds {extra.seed}..{extra.seed + extra.episodes - 1}):")
+        for mode, r in payload["results"].items():
+            print(f"  {mode:>10}: {r['mean']:.1f} ± {r['std']:.1f}  ({r['seconds']:.0f} s)")
+        print(f"wrote {args.out / ('gymnasium_' + payload['env_id'] + '.json')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream")
@@ -166,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_info(args, rest)
         if command == "dream":
             return cmd_dream(args, rest)
+        if command == "evaluate" and any(a.split("=")[0] == "--gymnasium" for a in rest):
+            return cmd_evaluate_gymnasium(args, rest)
         return cmd_stage(command, args, rest)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)

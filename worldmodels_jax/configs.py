@@ -32,11 +32,24 @@ class CollectConfig:
     """Each random action is held for a uniform hold_min..hold_max frames (Doom: 1..10)."""
     hold_max: int = 1
 
+    policy: str = "random"
+    """'random' (the original's) or 'noisy_scripted' (CarRacing-v0 only: the scripted driver with steering
+    and speed noise, mixed with random held actions; docs/carracing.md, "Data collection")."""
+    random_prob: float = 0.3
+    """With policy 'noisy_scripted': the chance that a hold segment is a random action instead."""
+    policy_noise: float = 0.3
+    """With policy 'noisy_scripted': std of the steering noise and of the log speed-target scale."""
+
     def __post_init__(self):
         if min(self.num_envs, self.steps, self.num_shards) < 1:
             raise ConfigError("collect.num_envs, steps and num_shards must be >= 1")
         if not 1 <= self.hold_min <= self.hold_max:
             raise ConfigError(f"collect needs 1 <= hold_min <= hold_max, got {self.hold_min}, {self.hold_max}")
+        if self.policy not in ("random", "noisy_scripted"):
+            raise ConfigError(f"collect.policy must be 'random' or 'noisy_scripted', got {self.policy!r}")
+        if not 0.0 <= self.random_prob <= 1.0 or self.policy_noise < 0:
+            raise ConfigError(f"collect needs 0 <= random_prob <= 1 and policy_noise >= 0, got "
+                              f"{self.random_prob}, {self.policy_noise}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +204,23 @@ PRESETS: dict[str, PipelineConfig] = {
             modes=("z_c_h",), use_bias=False, action_mapping="thirds", where="dream", temperature=1.15,
             es=ESConfig(population=32, rollouts=8, generations=30, eval_every=10, eval_episodes=32,
                         sigma_init=0.1, l2_coef=0.01),
+        ),
+        evaluate=EvaluateConfig(episodes=100),
+    ),
+    "carracing-cpu-small": PipelineConfig(
+        env_id="CarRacing-v0",
+        preset="carracing-cpu-small",
+        vae=small_vae(16, (8, 16, 32, 64)),
+        mdn=MDNRNNConfig(z_size=16, action_size=3, hidden_size=64, num_mixtures=5),
+        collect=CollectConfig(num_envs=64, steps=500, num_shards=1, hold_min=1, hold_max=10,
+                              policy="noisy_scripted", random_prob=0.3, policy_noise=0.3),
+        train_vae=VAETrainConfig(epochs=3, batch_size=64, learning_rate=1e-3),
+        train_mdn=MDNTrainConfig(steps=1000, batch_size=32, seq_len=100, learning_rate=3e-3, chunk_steps=200),
+        controller=ControllerStageConfig(
+            modes=("z_h", "z", "z_hidden"), action_mapping="carracing",
+            es=ESConfig(population=16, rollouts=4, generations=30, eval_every=10, eval_episodes=16,
+                        l2_coef=0.0, sigma_init=0.5),
+            z_sample=False, normalize_features=True, max_episode_steps=300,
         ),
         evaluate=EvaluateConfig(episodes=100),
     ),

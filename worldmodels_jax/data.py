@@ -197,14 +197,18 @@ def check_image_env(env, env_params) -> None:
 
 
 def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: int,
-                       hold_min: int = 1, hold_max: int = 1):
+                       hold_min: int = 1, hold_max: int = 1, policy=None, random_prob: float = 1.0):
     """Returns jitted `collect(key) -> arrays [num_envs, steps, ...]` of random-policy rollouts.
 
     The random action of each env is held for a uniform 1..`hold` frames (hold_min = hold_max = 1:
-    a new random action every step), as the Doom data collection did.
+    a new random action every step), as the Doom data collection did. With an exploration `policy`
+    `(key, env_state, env_params) -> action`, each such segment is random with probability `random_prob`
+    and otherwise driven by the policy, which then acts every step.
     """
     if not 1 <= hold_min <= hold_max:
         raise ConfigError(f"action hold must satisfy 1 <= hold_min <= hold_max, got {hold_min}, {hold_max}")
+    if not 0.0 <= random_prob <= 1.0:
+        raise ConfigError(f"random_prob must be in [0, 1], got {random_prob}")
 
     def one_env(key):
         key_reset, key_loop = jax.random.split(key)
@@ -212,18 +216,24 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
         action0 = jnp.zeros(spec.raw_shape, spec.raw_dtype)
 
         def step(carry, key_t):
-            obs, state, first, action, hold = carry
+            obs, state, first, held, hold, use_random = carry
             key_action, key_hold, key_step = jax.random.split(key_t, 3)
             fresh = (hold <= 0) | first
-            action = jnp.where(fresh, sample_action(key_action, spec), action)
+            held = jnp.where(fresh, sample_action(key_action, spec), held)
             hold = jnp.where(fresh, jax.random.randint(key_hold, (), hold_min, hold_max + 1), hold) - 1
+            if policy is None:
+                action = held
+            else:
+                key_mix, key_policy = jax.random.split(jax.random.fold_in(key_t, 1))
+                use_random = jnp.where(fresh, jax.random.bernoulli(key_mix, random_prob), use_random)
+                action = jnp.where(use_random, held, policy(key_policy, state, env_params).astype(held.dtype))
             next_obs, state, reward, terminated, truncated, _ = env.step(key_step, state, action, env_params)
             record = {"obs": obs, "action": action, "reward": reward.astype(jnp.float32),
                       "terminated": terminated, "truncated": truncated, "first": first}
             done = terminated | truncated
-            return (next_obs, state, done, action, hold), record
+            return (next_obs, state, done, held, hold, use_random), record
 
-        carry = (obs, state, jnp.array(True), action0, jnp.array(0))
+        carry = (obs, state, jnp.array(True), action0, jnp.array(0), jnp.array(True))
         _, records = jax.lax.scan(step, carry, jax.random.split(key_loop, steps))
         return records
 

@@ -182,9 +182,13 @@ class Pipeline:
         cfg = self.config.collect
         meta = {"env_id": self.config.env_id, "num_envs": cfg.num_envs, "steps": cfg.steps,
                 "hold": [cfg.hold_min, cfg.hold_max], "seed": self.config.seed}
+        policy = None
+        if cfg.policy != "random":
+            policy = self._exploration_policy(cfg)
+            meta.update(policy=cfg.policy, random_prob=cfg.random_prob, policy_noise=cfg.policy_noise)
         dataset = Dataset.create(self.data_dir, meta, cfg.num_shards)
         collect_fn = make_collect_shard(self.env, self.env_params, self.spec, cfg.num_envs, cfg.steps,
-                                        cfg.hold_min, cfg.hold_max)
+                                        cfg.hold_min, cfg.hold_max, policy, cfg.random_prob)
         key = self.key("collect")
         with self._bar(cfg.num_shards, "collect") as bar:
             for index in range(cfg.num_shards):
@@ -194,6 +198,17 @@ class Pipeline:
                 bar.update(1)
         return {"frames": dataset.num_frames, "shards": cfg.num_shards,
                 "episodes_started": sum(s["episodes_started"] for s in dataset.manifest["shards"])}
+
+    def _exploration_policy(self, cfg):
+        """collect.policy 'noisy_scripted': the CarRacing scripted driver with noise (CarRacing-v0 only)."""
+        from functools import partial
+
+        from worldmodels_jax.envs.carracing import CarRacing, noisy_scripted_driver
+
+        if not isinstance(self.env, CarRacing) or self.env.discrete:
+            raise ConfigError(f"collect.policy {cfg.policy!r} drives CarRacing-v0 only; {self.config.env_id} "
+                              "needs collect.policy='random'")
+        return partial(noisy_scripted_driver, steer_noise=cfg.policy_noise, speed_noise=cfg.policy_noise)
 
     def train_vae(self):
         return self._timed("train-vae", self._train_vae)

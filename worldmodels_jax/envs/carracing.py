@@ -778,6 +778,22 @@ def scripted_driver(state: EnvState, params: EnvParams, lookahead: float = 2.0, 
     return jnp.stack([steer, gas, brk]).astype(jnp.float32)
 
 
+def noisy_scripted_driver(key: jax.Array, state: EnvState, params: EnvParams, steer_noise: float = 0.3,
+                          speed_noise: float = 0.3) -> jax.Array:
+    """An exploration policy for data collection: the scripted driver with Gaussian noise.
+
+    Steering gets N(0, steer_noise) added; gas and brake come from the driver with its speed target
+    scaled by a per-step factor exp(N(0, speed_noise)) (faster and slower than the driver likes), so the
+    car wanders across the road, sometimes onto the grass, and recovers. It is *not* a random policy:
+    World Models collected CarRacing data with random actions, which on this env rarely leave the start
+    (see docs/carracing.md, "Data collection").
+    """
+    k_steer, k_speed = jax.random.split(key)
+    scale = jnp.exp(speed_noise * jax.random.normal(k_speed, ()))
+    action = scripted_driver(state, params, lateral_accel=100.0 * scale * scale, brake_decel=70.0 * scale)
+    steer = jnp.clip(action[0] + steer_noise * jax.random.normal(k_steer, ()), -1.0, 1.0)
+    return action.at[0].set(steer)
+
 def check_params(params: EnvParams) -> None:
     """Host-side validation of concrete params (raises ConfigError naming the field and the fix)."""
     d = EnvParams()
@@ -796,5 +812,5 @@ def check_params(params: EnvParams) -> None:
             raise ConfigError(f"EnvParams.{name}={val!r} {why}")
 
 
-__all__ = ["CarRacing", "EnvParams", "EnvState", "random_policy", "scripted_driver", "generate_track",
+__all__ = ["CarRacing", "EnvParams", "EnvState", "random_policy", "scripted_driver", "noisy_scripted_driver", "generate_track",
            "checkpoints_from_uniforms", "tile_quads", "check_params"]

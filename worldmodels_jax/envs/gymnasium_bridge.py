@@ -4,7 +4,7 @@ The World Models code cropped each 96x96 frame to rows 0:84 (dropping the indica
 64x64. `preprocess_frame` does the same with PIL's bilinear resize; the original went through
 `scipy.misc.imresize`, which also bilinear-resized with PIL but first stretched each frame's contrast to
 [0, 255] when given floats; we keep the uint8 frame as is. Gymnasium is imported lazily, so the rest of
-the package works without it; install it with `pip install -e .[gymnasium]`.
+the package works without it; install it with `pip install -e '.[gymnasium]'`.
 
 - `run_policy(act, policy_state, episodes)`: per-episode returns of a host-side policy
   `act(obs64, policy_state) -> (action, policy_state)`, for example a trained V + M + C pipeline.
@@ -34,7 +34,7 @@ def _gymnasium():
     except ImportError as e:
         raise EnvError(
             f"the gymnasium bridge needs gymnasium with Box2D and pygame ({e.name or e} is missing); "
-            "install them with `pip install -e .[gymnasium]`"
+            "install them with `pip install -e '.[gymnasium]'`"
         ) from e
     return gymnasium
 

@@ -1,0 +1,121 @@
+"""The CarRacing experiment: its preset, exploration data, the scripted-driver row, and `wmj evaluate --gymnasium`."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import importlib.util
+import json
+from functools import partial
+
+import jax
+import numpy as np
+import pytest
+
+from worldmodels_jax.cli import main as wmj
+from worldmodels_jax.configs import CollectConfig, get_preset
+from worldmodels_jax.data import make_collect_shard, make_env
+from worldmodels_jax.envs.actions import action_spec
+from worldmodels_jax.envs.carracing import noisy_scripted_driver
+from worldmodels_jax.errors import ConfigError
+
+HAS_GYM = all(importlib.util.find_spec(m) is not None for m in ("gymnasium", "Box2D", "pygame"))
+needs_gym = pytest.mark.skipif(not HAS_GYM, reason="needs gymnasium[box2d] (pip install -e '.[gymnasium]')")
+
+
+def test_cpu_small_resolves_to_the_carracing_preset():
+    config = get_preset("cpu-small", "CarRacing-v0")
+    assert config.preset == "carracing-cpu-small" and config.env_id == "CarRacing-v0"
+    assert set(config.controller.modes) == {"z", "z_hidden", "z_h"}
+    assert config.controller.action_mapping == "carracing"
+    # the table is over 100 full-length episodes, whatever the training cap
+    assert config.evaluate.episodes == 100 and config.evaluate.max_episode_steps == 0
+    assert get_preset("paper", "CarRacing-v0").preset == "carracing-paper"
+    with pytest.raises(ConfigError, match="collect.policy"):
+        CollectConfig(policy="greedy")
+    with pytest.raises(ConfigError, match="random_prob"):
+        CollectConfig(random_prob=1.5)
+
+
+def test_noisy_scripted_collection_drives_and_keeps_random_data_unchanged():
+    env, params = make_env("CarRacing-v0")
+    spec = action_spec(env.action_space(params))
+    key = jax.random.PRNGKey(3)
+    policy = partial(noisy_scripted_driver, steer_noise=0.0, speed_noise=0.0)
+    driven = make_collect_shard(env, params, spec, 2, 40, 1, 1, policy, random_prob=0.0)(key)
+    random = make_collect_shard(env, params, spec, 2, 40, 1, 1)(key)
+    # noiseless, the exploration policy is the scripted driver: it gathers tiles; random actions do not
+    assert float(driven["reward"].sum(1).min()) > 5.0
+    assert float(random["reward"].sum(1).max()) < float(driven["reward"].sum(1).min())
+    # random_prob=1: every segment random, the same data as the plain random collection (same keys)
+    mixed = make_collect_shard(env, params, spec, 2, 40, 1, 1, policy, random_prob=1.0)(key)
+    np.testing.assert_array_equal(np.asarray(mixed["action"]), np.asarray(random["action"]))
+    with pytest.raises(ConfigError, match="random_prob"):
+        make_collect_shard(env, params, spec, 2, 40, 1, 1, policy, random_prob=-0.1)
+
+
+def test_noisy_scripted_collection_is_carracing_only(tmp_path):
+    from worldmodels_jax.pipeline import Pipeline
+
+    config = dataclasses.replace(get_preset("tiny"), collect=CollectConfig(num_envs=2, steps=8, policy="noisy_scripted"))
+    with pytest.raises(ConfigError, match="CarRacing-v0 only"):
+        Pipeline(config, tmp_path / "run", progress=False).collect()
+
+
+def test_scripted_driver_row_scores_on_the_evaluation_tracks():
+    from worldmodels_jax.carracing_experiment import scripted_driver_returns
+
+    env, params = make_env("CarRacing-v0")
+    returns = np.asarray(scripted_driver_returns(env, params, jax.random.PRNGKey(0), 2, 60))
+    assert returns.shape == (2,)
+    assert np.all(returns > 10.0)  # ~15 tiles in 60 steps, minus 6 of frame penalty
+    with pytest.raises(ConfigError):
+        scripted_driver_returns(env, params, jax.random.PRNGKey(0), 0, 60)
+
+
+def _untrained_carracing_run(out):
+    """A CarRacing-v0 run directory holding an untrained V and a 'z' controller: enough for the CLI path."""
+    from worldmodels_jax.models.controller import init_controller
+    from worldmodels_jax.models.vae import init_vae
+    from worldmodels_jax.pipeline import Pipeline
+
+    tiny = get_preset("tiny")
+    config = dataclasses.replace(tiny, env_id="CarRacing-v0",
+                                 controller=dataclasses.replace(tiny.controller, modes=("z",), action_mapping="carracing"))
+    pipeline = Pipeline(config, out, progress=False)
+    pipeline.run.checkpointer("vae").save(0, init_vae(jax.random.PRNGKey(0), pipeline.config.vae))
+    pipeline.run.checkpointer("controller-z").save(0, init_controller(jax.random.PRNGKey(1), pipeline.controller_config("z")))
+    return pipeline
+
+
+@needs_gym
+def test_wmj_evaluate_gymnasium_runs_a_trained_run_on_carracing_v3(tmp_path, capsys):
+    out = tmp_path / "run"
+    _untrained_carracing_run(out)
+    args = ["evaluate", "--gymnasium", "CarRacing-v3", "--out", str(out), "--episodes", "2", "--max-steps", "15"]
+    assert wmj(args) == 0
+    assert "CarRacing-v3, 2 tracks" in capsys.readouterr().out
+    payload = json.loads((out / "gymnasium_CarRacing-v3.json").read_text())
+    result = payload["results"]["z"]
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert all(np.isfinite(result["returns"])) and all(r <= 1000 for r in result["returns"])
+    assert wmj(args[:-4] + ["--episodes", "1", "--mode", "z_h"]) == 2  # a mode the run did not train
+    assert "was not trained" in capsys.readouterr().err
+
+
+def test_wmj_evaluate_gymnasium_without_gymnasium_names_the_extra(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _untrained_carracing_run(out)
+    real_import = builtins.__import__
+
+    def no_box2d(name, *args, **kwargs):
+        if name.split(".")[0] in ("gymnasium", "Box2D"):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_box2d)
+    assert wmj(["evaluate", "--gymnasium", "CarRacing-v3", "--out", str(out), "--episodes", "1"]) == 2
+    assert "pip install -e '.[gymnasium]'" in capsys.readouterr().err
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert wmj(["evaluate", "--gymnasium", "CarRacing-v2", "--out", str(out), "--episodes", "1"]) == 2
+    assert "CarRacing-v3" in capsys.readouterr().err

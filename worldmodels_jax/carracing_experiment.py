@@ -1,0 +1,168 @@
+"""The paper's CarRacing table on our JAX CarRacing-v0, and a trained V + M + C on gymnasium's CarRacing-v3.
+
+    table = carracing_table(pipeline)          # after pipeline.run_all(); writes carracing_table.{md,json}
+    result = evaluate_on_gymnasium(pipeline, episodes=5)   # needs `pip install -e '.[gymnasium]'`
+
+Every row of the table is measured on the same `evaluate.episodes` (100) random tracks: the evaluate
+stage's key, split per episode exactly as `rollouts.evaluate_params` splits it. Those keys are derived from
+the run's seed by a different path than the collection and controller-training keys, so the tracks were
+never seen in training (tracks are drawn from 24 uniforms per key).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.rundir import write_json_atomic
+
+ROWS = (("random", "Random"), ("scripted", "Scripted driver"), ("z", "V only, z"),
+        ("z_hidden", "V only, z + hidden layer"), ("z_h", "Full world model, z + h"))
+PAPER = {"z": "632 ± 251", "z_hidden": "788 ± 141", "z_h": "906 ± 21"}
+"""The paper's CarRacing-v0 scores (gymnasium's Box2D env, full-size models), for reference."""
+
+
+def scripted_driver_returns(env, env_params, key: jax.Array, episodes: int, max_steps: int) -> jax.Array:
+    """Returns of the scripted pure-pursuit driver on the tracks `evaluate_params(..., key, episodes)` uses.
+
+    One `lax.scan` over `max_steps` steps, vmapped over episodes; rewards after an episode ends are masked.
+    """
+    from worldmodels_jax.envs.carracing import scripted_driver
+
+    if episodes < 1 or max_steps < 1:
+        raise ConfigError(f"episodes and max_steps must be >= 1, got {episodes}, {max_steps}")
+
+    def one(k):
+        obs, state = env.reset(jax.random.fold_in(k, 0), env_params)
+        del obs
+        run_key = jax.random.fold_in(k, 1)
+
+        def step(carry, t):
+            state, alive, ret = carry
+            action = scripted_driver(state, env_params)
+            _, state, reward, terminated, truncated, _ = env.step(
+                jax.random.fold_in(run_key, t), state, action, env_params)
+            ret = ret + jnp.where(alive, reward, 0.0)
+            alive = alive & ~(terminated | truncated)
+            return (state, alive, ret), None
+
+        (_, _, ret), _ = jax.lax.scan(step, (state, jnp.array(True), jnp.float32(0.0)), jnp.arange(max_steps))
+        return ret
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, episodes))
+
+
+def _summary(returns) -> dict:
+    returns = np.asarray(returns, np.float64)
+    return {"mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size)}
+
+
+def carracing_table(pipeline) -> dict:
+    """The table | Method | Mean ± std | for a finished CarRacing run; writes carracing_table.{md,json}.
+
+    Random and the controllers come from the evaluate stage; the scripted driver is run here on the same
+    tracks (and recorded as the stage 'evaluate-scripted', so a resumed run does not redo it).
+    """
+    from worldmodels_jax.envs.carracing import CarRacing
+
+    if not isinstance(pipeline.env, CarRacing) or pipeline.env.discrete:
+        raise ConfigError(f"the CarRacing table needs env CarRacing-v0, the run uses {pipeline.config.env_id}")
+    evaluated = pipeline.run.stage_done("evaluate")
+    if evaluated is None:
+        raise ConfigError(f"{pipeline.run.path} has no finished evaluate stage; run the pipeline first")
+    cfg = pipeline.config.evaluate
+    max_steps = int(cfg.max_episode_steps or pipeline.env_params.max_steps_in_episode)
+
+    def scripted():
+        returns = scripted_driver_returns(pipeline.env, pipeline.env_params, pipeline.key("evaluate"),
+                                          cfg.episodes, max_steps)
+        return {"results": {"scripted": _summary(jax.device_get(returns))}}
+
+    scripted_record = pipeline._timed("evaluate-scripted", scripted)
+    results = {**evaluated["results"], **scripted_record["results"]}
+    stages = ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate", "evaluate-scripted")
+    timings = {s: (pipeline.run.stage_done(s) or {}).get("seconds") for s in stages}
+    rows = [{"key": k, "method": name, **results[k]} for k, name in ROWS if k in results]
+    table = {"env_id": pipeline.config.env_id, "preset": pipeline.config.preset, "episodes": cfg.episodes,
+             "max_episode_steps": max_steps, "rows": rows, "paper": PAPER, "timings_s": timings,
+             "total_s": float(sum(v for v in timings.values() if v is not None))}
+    lines = [f"CarRacing table, preset `{table['preset']}` on {table['env_id']}: mean ± std over "
+             f"{cfg.episodes} random tracks never seen in training, {max_steps}-step episodes.", "",
+             "| Method | Mean ± std | Paper (CarRacing-v0) |", "|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['mean']:.1f} ± {row['std']:.1f} | {PAPER.get(row['key'], '')} |")
+    lines += ["", "Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if v is not None)
+              + f"; total {table['total_s']:.0f}"]
+    table["markdown"] = "\n".join(lines)
+    write_json_atomic(pipeline.run.path / "carracing_table.json", table)
+    (pipeline.run.path / "carracing_table.md").write_text(table["markdown"] + "\n")
+    return table
+
+
+def make_host_policy(pipeline, mode: str, seed: int = 0):
+    """A host-side `act(obs64, state) -> (action, state)` for gymnasium, with V (and M) in the loop.
+
+    Returns (act, initial_state). The state holds M's carry, a PRNG key and a first-step flag.
+    """
+    if mode not in pipeline.config.controller.modes:
+        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
+                          f"{', '.join(pipeline.config.controller.modes)}")
+    agent = pipeline.agent(mode)
+    wm = pipeline.world_model_params(agent.uses_memory)
+    c_params = pipeline.controller_params(mode)
+
+    @jax.jit
+    def step(carry, obs, first, key):
+        key, sub = jax.random.split(key)
+        action, carry = agent.act(wm, c_params, carry, obs, first, sub)
+        return action, carry, key
+
+    def act(obs, state):
+        carry, key, first = state
+        action, carry, key = step(carry, jnp.asarray(obs), jnp.asarray(first), key)
+        return np.asarray(action), (carry, key, False)
+
+    return act, (agent.init_carry(wm), jax.random.PRNGKey(seed), True)
+
+
+def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,
+                          max_steps: int | None = None, env_id: str = "CarRacing-v3") -> dict:
+    """Runs each trained controller on gymnasium's CarRacing-v3 for `episodes` tracks (seeds seed..seed+N-1).
+
+    Frames are cropped to rows 0:84 and resized to 64x64 (`gymnasium_bridge.preprocess_frame`). Writes
+    gymnasium_<env_id>.json into the run directory and returns its contents.
+    """
+    from worldmodels_jax.envs import gymnasium_bridge as gb
+
+    if env_id != gb.ENV_ID:
+        raise ConfigError(f"the gymnasium bridge runs {gb.ENV_ID}, got {env_id!r}")
+    if pipeline.config.env_id != "CarRacing-v0":
+        raise ConfigError(f"{pipeline.run.path} was trained on {pipeline.config.env_id}; the gymnasium bridge "
+                          "runs continuous CarRacing controllers trained on CarRacing-v0")
+    if not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ConfigError(f"episodes must be an int >= 1, got {episodes!r}")
+    gb._gymnasium()  # clear error before any model is loaded
+    modes = tuple(modes or pipeline.config.controller.modes)
+    results = {}
+    for mode in modes:
+        act, state = make_host_policy(pipeline, mode, seed)
+        start = time.perf_counter()
+        returns = gb.run_policy(act, state, episodes, seed=seed, max_steps=max_steps)
+        results[mode] = {**_summary(returns), "returns": [float(r) for r in returns],
+                         "seconds": time.perf_counter() - start}
+    payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "results": results}
+    write_json_atomic(Path(pipeline.run.path) / f"gymnasium_{env_id}.json", payload)
+    return payload
+
+
+def load_table(out: str | Path) -> dict:
+    return json.loads((Path(out) / "carracing_table.json").read_text())
+
+
+__all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium", "ROWS"]
