@@ -198,8 +198,8 @@ PRESETS: dict[str, PipelineConfig] = {
                          restart_input=True),
         collect=CollectConfig(num_envs=64, steps=1000, num_shards=2, hold_min=1, hold_max=10),
         train_vae=VAETrainConfig(epochs=2, batch_size=64, learning_rate=1e-3, max_frames=32000),
-        train_mdn=MDNTrainConfig(steps=2000, batch_size=32, seq_len=300, learning_rate=3e-3,
-                                 lr_decay=0.9995, lr_min=3e-4, done_pos_weight=10.0, chunk_steps=200),
+        train_mdn=MDNTrainConfig(steps=1000, batch_size=16, seq_len=200, learning_rate=3e-3,
+                                 lr_decay=0.999, lr_min=3e-4, done_pos_weight=10.0, chunk_steps=200),
         controller=ControllerStageConfig(
             modes=("z_c_h",), use_bias=False, action_mapping="thirds", where="dream", temperature=1.15,
             es=ESConfig(population=32, rollouts=8, generations=30, eval_every=10, eval_episodes=32,
