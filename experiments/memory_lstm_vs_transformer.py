@@ -9,6 +9,7 @@ are skipped. Writes `comparison.md` and `comparison.json` into it.
 
 import argparse
 import sys
+from pathlib import Path
 
 import tyro
 
@@ -22,7 +23,8 @@ def main(argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     config = tyro.cli(MemoryComparisonConfig, args=rest, prog="memory_lstm_vs_transformer.py")
     run_comparison(config, args.out, progress=not args.quiet)
-    print((__import__("pathlib").Path(args.out) / "comparison.md").read_text())
+    suffix = f"-seed{config.seed}" if config.seed else ""
+    print((Path(args.out) / f"comparison{suffix}.md").read_text())
     return 0
 
 

@@ -63,6 +63,14 @@ def test_arms_differ_only_in_memory_and_share_v_and_budgets():
         assert arm.controller.es.target_score is None  # no early stop: the same ES budget for both
 
 
+def test_another_seed_changes_the_arms_but_not_the_shared_data_or_v():
+    shared0, arms0 = arm_configs(MemoryComparisonConfig())
+    shared1, arms1 = arm_configs(MemoryComparisonConfig(seed=1))
+    assert shared0 == shared1
+    assert {a.seed for a in arms1.values()} == {1}
+    assert dataclasses.replace(arms1["lstm"], seed=0) == arms0["lstm"]
+
+
 def test_default_transformer_gives_the_controller_the_lstm_s_feature_size():
     shared, arms = arm_configs(MemoryComparisonConfig())
     mdn = dataclasses.replace(shared.mdn, action_size=2)

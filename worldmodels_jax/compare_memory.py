@@ -44,6 +44,9 @@ class MemoryComparisonConfig:
 
     preset: str = "cpu-small"
     env_id: str = "CartPolePixels-v1"
+    seed: int = 0
+    """Seed of the arms (M's init and minibatches, C's ES). The shared data and V always use the preset's seed;
+    a seed other than 0 writes `<memory>-seed<N>/` arms and `comparison-seed<N>.{md,json}` beside seed 0's."""
     transformer: TransformerSettings = TransformerSettings(d_model=64, num_layers=1, num_heads=4, ffn_dim=64,
                                                            window=32, chunk_size=32)
     """The transformer M. d_model equals cpu-small's LSTM size (64), so both controllers have the same inputs and
@@ -81,7 +84,7 @@ def arm_configs(config: MemoryComparisonConfig) -> tuple[PipelineConfig, dict[st
                                      max_episode_steps=config.train_max_episode_steps)
     evaluate = dataclasses.replace(base.evaluate, episodes=config.eval_episodes, max_episode_steps=0)
     arms = {memory: dataclasses.replace(base, memory=memory, transformer=config.transformer,
-                                        controller=controller, evaluate=evaluate)
+                                        controller=controller, evaluate=evaluate, seed=config.seed)
             for memory in MEMORIES}
     return base, arms
 
@@ -245,9 +248,10 @@ def run_comparison(config: MemoryComparisonConfig, out: str | Path, progress: bo
     shared_config, arm_config = arm_configs(config)
     shared = Pipeline(shared_config, out / "shared", progress=progress)
     shared_records = {"collect": shared.collect(), "train-vae": shared.train_vae(), "encode": shared.encode()}
+    suffix = f"-seed{config.seed}" if config.seed else ""
     arms, rows = {}, {}
     for memory in memories:
-        arm = SharedVPipeline(arm_config[memory], out / memory, shared, progress=progress)
+        arm = SharedVPipeline(arm_config[memory], out / f"{memory}{suffix}", shared, progress=progress)
         train = arm.train_mdn()
         controller = arm.train_controller()["modes"][MODE]
         evaluation = arm.evaluate()["results"]
@@ -272,12 +276,12 @@ def run_comparison(config: MemoryComparisonConfig, out: str | Path, progress: bo
     speed_settings = to_jsonable({"arms": list(memories), "dream_population": config.dream_population,
                                   "dream_steps": config.dream_steps, "train_speed_steps": config.train_speed_steps,
                                   "speed_repeats": config.speed_repeats})
-    speeds = top.stage_done("speeds")
+    speeds = top.stage_done(f"speeds{suffix}")
     if speeds is None or speeds.get("settings") != speed_settings:
         begin = time.perf_counter()
         speeds = {"settings": speed_settings, **measure_speeds(arms, config)}
         speeds["seconds"] = time.perf_counter() - begin
-        top.mark_done("speeds", speeds)
+        top.mark_done(f"speeds{suffix}", speeds)
     for memory in memories:
         rows[memory]["dream"] = speeds[memory]["dream"]
         rows[memory]["train_speed"] = speeds[memory]["train"]
@@ -294,8 +298,8 @@ def run_comparison(config: MemoryComparisonConfig, out: str | Path, progress: bo
         "loadavg_start": load_start, "loadavg_end": _loadavg(), "loadavg_speeds": speeds["loadavg"],
         "devices": [str(d) for d in jax.devices()],
     }
-    write_json_atomic(out / "comparison.json", result)
-    (out / "comparison.md").write_text(markdown_table(result))
+    write_json_atomic(out / f"comparison{suffix}.json", result)
+    (out / f"comparison{suffix}.md").write_text(markdown_table(result))
     return result
 
 
@@ -309,7 +313,8 @@ def markdown_table(result: dict) -> str:
 
     es = result["settings"]["es"]
     lines = [
-        f"# M: LSTM vs transformer on {result['env_id']} (`{result['preset']}`)", "",
+        f"# M: LSTM vs transformer on {result['env_id']} (`{result['preset']}`, arms' seed "
+        f"{result['settings']['seed']})", "",
         "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
         line("M parameters", lambda r: f"{r['memory_params']:,}"),
         line("features for C (size)", lambda r: str(r["feature_size"])),
