@@ -12,7 +12,9 @@ Config overrides use the dataclass paths, as for `wmj run` (e.g. `--controller.e
 """
 
 import argparse
+import resource
 import sys
+import time
 from pathlib import Path
 
 from worldmodels_jax.carracing_experiment import carracing_table
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true")
     args, overrides = parser.parse_known_args(argv)
     out = args.out or Path("runs") / f"carracing-{args.preset}"
+    start = time.perf_counter()
     try:
         config = build_config(args.preset, "CarRacing-v0", out, overrides)
         pipeline = Pipeline(config, out, progress=not args.quiet)
@@ -37,7 +40,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table["markdown"])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"\nwrote {out / 'carracing_table.md'} and {out / 'carracing_table.json'}")
+    print(f"this invocation: {time.perf_counter() - start:.0f} s wall, {usage.ru_utime + usage.ru_stime:.0f} s CPU "
+          "(user + system; on a shared machine the CPU time is the better measure of the work)")
     return 0
 
 

@@ -119,3 +119,12 @@ def test_wmj_evaluate_gymnasium_without_gymnasium_names_the_extra(tmp_path, monk
     monkeypatch.setattr(builtins, "__import__", real_import)
     assert wmj(["evaluate", "--gymnasium", "CarRacing-v2", "--out", str(out), "--episodes", "1"]) == 2
     assert "CarRacing-v3" in capsys.readouterr().err
+
+
+def test_random_policy_baseline_jits_on_carracing():
+    """The evaluate stage jits the random baseline; the Box bounds must stay concrete while tracing."""
+    from worldmodels_jax.rollouts import random_policy_returns
+
+    env, params = make_env("CarRacing-v0")
+    stats = jax.jit(lambda k: random_policy_returns(env, params, k, 2, 5))(jax.random.PRNGKey(0))
+    assert stats.returns.shape == (2,) and bool(np.all(stats.lengths == 5))

@@ -86,7 +86,8 @@ def carracing_table(pipeline) -> dict:
 
     scripted_record = pipeline._timed("evaluate-scripted", scripted)
     results = {**evaluated["results"], **scripted_record["results"]}
-    stages = ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate", "evaluate-scripted")
+    stages = ("collect", "train-vae", "encode", "train-mdn",
+              *(f"train-controller-{m}" for m in pipeline.config.controller.modes), "evaluate", "evaluate-scripted")
     timings = {s: (pipeline.run.stage_done(s) or {}).get("seconds") for s in stages}
     rows = [{"key": k, "method": name, **results[k]} for k, name in ROWS if k in results]
     table = {"env_id": pipeline.config.env_id, "preset": pipeline.config.preset, "episodes": cfg.episodes,

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from gymnax.environments import spaces
 
 from worldmodels_jax.errors import ConfigError, EnvError
@@ -36,8 +37,9 @@ def action_spec(action_space) -> ActionSpec:
         return ActionSpec(True, int(action_space.n))
     if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
         dim = int(action_space.shape[0])
-        low = tuple(float(v) for v in jnp.broadcast_to(jnp.asarray(action_space.low), (dim,)))
-        high = tuple(float(v) for v in jnp.broadcast_to(jnp.asarray(action_space.high), (dim,)))
+        # numpy, not jnp: inside a jit trace jnp ops on the bounds would give tracers that float() rejects
+        low = tuple(float(v) for v in np.broadcast_to(np.asarray(action_space.low), (dim,)))
+        high = tuple(float(v) for v in np.broadcast_to(np.asarray(action_space.high), (dim,)))
         return ActionSpec(False, dim, low, high)
     raise EnvError(
         f"unsupported action space {action_space!r}: World Models stages need Discrete(n) or a flat Box"

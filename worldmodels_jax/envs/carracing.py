@@ -554,7 +554,8 @@ class CarRacing(environment.Environment[EnvState, EnvParams]):
     def action_space(self, params: EnvParams | None = None):
         if self.discrete:
             return spaces.Discrete(5)
-        return spaces.Box(jnp.array([-1.0, 0.0, 0.0]), jnp.array([1.0, 1.0, 1.0]), (3,), jnp.float32)
+        # numpy bounds stay concrete inside jit (action_spec reads them while tracing)
+        return spaces.Box(np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32), (3,), jnp.float32)
 
     def observation_space(self, params: EnvParams | None = None):
         return spaces.Box(0, 255, (OBS_SIZE, OBS_SIZE, 3), jnp.uint8)
