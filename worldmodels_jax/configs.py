@@ -218,7 +218,7 @@ PRESETS: dict[str, PipelineConfig] = {
         train_mdn=MDNTrainConfig(steps=1000, batch_size=32, seq_len=100, learning_rate=3e-3, chunk_steps=200),
         controller=ControllerStageConfig(
             modes=("z_h", "z", "z_hidden"), action_mapping="carracing",
-            es=ESConfig(population=16, rollouts=4, generations=30, eval_every=10, eval_episodes=16,
+            es=ESConfig(population=16, rollouts=4, generations=60, eval_every=10, eval_episodes=16,
                         l2_coef=0.0, sigma_init=0.5),
             z_sample=False, normalize_features=True, max_episode_steps=300,
         ),
