@@ -46,7 +46,7 @@ def test_missing_gymnasium_gives_install_hint(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(EnvError, match=r"pip install -e \.\[gymnasium\]"):
+    with pytest.raises(EnvError, match=r"pip install -e '\.\[gymnasium\]'"):
         gb.make_env()
 
 

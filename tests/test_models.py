@@ -11,7 +11,8 @@ from worldmodels_jax.models.controller import (ActionMapping, Controller, Contro
                                                init_controller)
 from worldmodels_jax.models.mdnrnn import (MDNRNN, LSTMCarry, MDNOutput, MDNRNNConfig, done_loss, init_mdnrnn,
                                            mdn_log_prob, mdn_nll, mdn_sample)
-from worldmodels_jax.models.vae import ConvVAE, VAEConfig, init_vae, kl_divergence, param_count, vae_loss
+from worldmodels_jax.models.vae import (ConvVAE, VAEConfig, for_inference, init_vae, kl_divergence, param_count,
+                                        vae_loss)
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -52,6 +53,20 @@ def test_vae_shapes_and_range(key):
     # encode/decode keep arbitrary leading batch dims
     mu2, _ = model.apply({"params": params}, images.reshape(1, 5, 64, 64, 3), method=ConvVAE.encode)
     np.testing.assert_allclose(mu2[0], mu, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_vae_uses_xla_convs_with_the_same_parameters_and_outputs(key):
+    params = init_vae(key, SMALL_VAE)
+    training = ConvVAE(SMALL_VAE)
+    inference = for_inference(training)
+    assert inference.config.conv_impl == "xla" and inference.config.encoder_widths == SMALL_VAE.encoder_widths
+    assert for_inference(ConvVAE(VAEConfig(conv_impl="fast"))).config.conv_impl == "fast"  # explicit choice kept
+    images = jax.random.randint(key, (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
+    for method in (ConvVAE.encode,):
+        expected = training.apply({"params": params}, images, method=method)
+        got = inference.apply({"params": params}, images, method=method)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-4, atol=1e-5)
 
 
 def test_kl_matches_numpy_reference():

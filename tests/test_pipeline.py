@@ -151,3 +151,17 @@ def test_info_prints_param_counts(capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["param_counts"] == {"vae": 4_348_547, "mdn_rnn": 422_368,
                                        "controller": {"z_h": 867, "z": 99, "z_hidden": 1443}}
+
+
+def test_stage_keys_are_the_same_in_every_process():
+    import os
+    import subprocess
+    import sys
+
+    from worldmodels_jax.pipeline import stable_tag
+
+    code = "from worldmodels_jax.pipeline import stable_tag; print(stable_tag('z_h'), stable_tag('dream-tau1.15'))"
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert outputs == {f"{stable_tag('z_h')} {stable_tag('dream-tau1.15')}\n"}
+    assert stable_tag("z_h") != stable_tag("z")

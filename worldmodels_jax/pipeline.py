@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -25,7 +26,7 @@ from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from worldmodels_jax.evolution import es_state_is_finite, make_evolution
 from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
 from worldmodels_jax.models.memory import init_memory, make_memory
-from worldmodels_jax.models.vae import ConvVAE, init_vae, param_count
+from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count
 from worldmodels_jax.rollouts import (Agent, WorldModelParams, evaluate_params, population_returns,
                                       random_policy_returns)
 from worldmodels_jax.rundir import RunDir, to_jsonable
@@ -33,6 +34,11 @@ from worldmodels_jax.train.mdn import SequenceData, make_evaluate_nll, make_mdn_
 from worldmodels_jax.train.vae import make_vae_trainer
 
 STAGES = ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate", "report")
+
+
+def stable_tag(name: str) -> int:
+    """A per-name integer that is the same in every process (Python's `hash` of a str is salted per run)."""
+    return zlib.crc32(name.encode()) % 100_003
 
 
 def _config_from_json(payload: dict) -> PipelineConfig:
@@ -102,7 +108,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def key(self, stage: str) -> jax.Array:
-        return jax.random.fold_in(self.root_key, STAGES.index(stage) if stage in STAGES else hash(stage) % 10_000)
+        return jax.random.fold_in(self.root_key, STAGES.index(stage) if stage in STAGES else stable_tag(stage))
 
     def _bar(self, total: int, desc: str, initial: int = 0):
         return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, leave=False,
@@ -265,10 +271,12 @@ class Pipeline:
         encoded = Dataset.create(self.encoded_dir, {"source": str(self.data_dir), "z_size": self.config.vae.z_size},
                                  dataset.manifest["num_shards"])
 
+        vae = for_inference(self.vae)
+
         @jax.jit
         def encode_frames(frames):
             chunks = frames.reshape((-1, 256, 64, 64, 3))
-            mu, logvar = jax.lax.map(lambda x: self.vae.apply({"params": params}, x, method=ConvVAE.encode), chunks)
+            mu, logvar = jax.lax.map(lambda x: vae.apply({"params": params}, x, method=ConvVAE.encode), chunks)
             return mu.reshape((-1, mu.shape[-1])), logvar.reshape((-1, mu.shape[-1]))
 
         with self._bar(len(dataset.shard_indices), "encode") as bar:
@@ -368,19 +376,25 @@ class Pipeline:
             return population_returns(env, env_params, agent, wm, population, key, es.rollouts, max_steps,
                                       ccfg.chunk_steps, es.common_random_numbers)
 
-        # The mean is always evaluated in the real env, with V and M in the loop.
+        # The kept controller is chosen where it trains: a dream-trained C never sees a real score during
+        # selection. Its real score (V and M in the loop) is logged beside it, for monitoring only.
         real_agent = self.agent(mode)
+        eval_steps = self._max_steps(ccfg.max_episode_steps)
 
         @jax.jit
         def evaluate_mean(params, key):
-            stats = evaluate_params(self.env, self.env_params, real_agent, wm, params, key, es.eval_episodes,
-                                    self._max_steps(ccfg.max_episode_steps), ccfg.chunk_steps)
-            return stats.returns
+            return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, eval_steps,
+                                   ccfg.chunk_steps).returns
+
+        @jax.jit
+        def evaluate_mean_real(params, key):
+            return evaluate_params(self.env, self.env_params, real_agent, wm, params, key, es.eval_episodes,
+                                   eval_steps, ccfg.chunk_steps).returns
 
         template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
         init, run_chunk, mean_params = make_evolution(fitness, template, es)
-        key = jax.random.fold_in(self.key("train-controller"), hash(mode) % 1000)
-        key_init, key_eval = jax.random.split(key)
+        key = jax.random.fold_in(self.key("train-controller"), stable_tag(mode))
+        key_init, key_eval, key_real = jax.random.split(key, 3)
         state = init(key_init)
         best = {"score": np.float32(-np.inf), "params": template}
         checkpointer = self.run.checkpointer(stage)
@@ -414,6 +428,9 @@ class Pipeline:
                     best = {"score": np.float32(score), "params": mean}
                 records = [{k: v[i] for k, v in jax.device_get(metrics).items()} for i in range(generations)]
                 records[-1].update({"eval_mean": score, "eval_std": float(returns.std()), "best_eval": float(best["score"])})
+                if ccfg.where == "dream":
+                    real = np.asarray(evaluate_mean_real(mean, jax.random.fold_in(key_real, int(state.generation))))
+                    records[-1].update({"real_eval_mean": float(real.mean()), "real_eval_std": float(real.std())})
                 self.run.log_metrics(stage, records)
                 checkpointer.save(int(state.generation), {"state": state, "best_score": best["score"],
                                                           "best_params": best["params"]})

@@ -8,7 +8,7 @@ import numpy as np
 
 from worldmodels_jax.models.controller import init_controller
 from worldmodels_jax.models.mdnrnn import mdn_sample
-from worldmodels_jax.models.vae import ConvVAE, init_vae, param_count
+from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count
 from worldmodels_jax.plots import plot_curves
 from worldmodels_jax.rollouts import WorldModelParams
 from worldmodels_jax.rundir import write_json_atomic
@@ -74,7 +74,7 @@ def dream_vs_real_gif(pipeline, steps: int, observe_steps: int = 10, temperature
         return frames, actions
 
     frames, actions = record(key)
-    vae, memory = pipeline.vae, pipeline.memory
+    vae, memory = for_inference(pipeline.vae), pipeline.memory
 
     @jax.jit
     def imagine(frames, actions, key):

@@ -19,7 +19,7 @@ from worldmodels_jax.envs.actions import ActionEncoder
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.models.controller import ActionMapping, Controller
 from worldmodels_jax.models.mdnrnn import LSTMCarry
-from worldmodels_jax.models.vae import ConvVAE, sample_z
+from worldmodels_jax.models.vae import ConvVAE, for_inference, sample_z
 
 
 @struct.dataclass
@@ -91,7 +91,7 @@ class Agent:
         if self.obs_kind == "features":
             z, h, c = jnp.split(obs, [self.z_size, self.z_size + self.feature_size])
             return self.mapping(controller(z, h, c)), carry
-        mu, logvar = self.vae.apply({"params": wm_params.vae}, obs, method=ConvVAE.encode)
+        mu, logvar = for_inference(self.vae).apply({"params": wm_params.vae}, obs, method=ConvVAE.encode)
         z = sample_z(key, mu, logvar) if self.z_sample else mu
         if not self.uses_memory:
             return self.mapping(controller(z, None, None)), carry

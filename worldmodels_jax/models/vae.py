@@ -98,6 +98,18 @@ def to_float(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32)
 
 
+def for_inference(vae: "ConvVAE") -> "ConvVAE":
+    """V for forward-only use (rollouts, the encode stage, reports): same parameters, same maths.
+
+    With conv_impl 'auto' this picks XLA's own convolutions, which win when no gradient is taken: on the
+    2-core CPU the encoder's forward pass is 1.7× faster with them at batch 100 and 4.7× faster inside a
+    rollout's scan at batch 128, while the fast formulation wins for training (fwd+bwd 1.2–2.4×).
+    """
+    if vae.config.conv_impl != "auto":
+        return vae
+    return ConvVAE(dataclasses.replace(vae.config, conv_impl="xla"))
+
+
 class ConvVAE(nn.Module):
     """V. `encode` → (μ, log σ²); `decode` z → image in [0, 1]; `__call__` does both with z sampled."""
 
