@@ -66,3 +66,24 @@ def test_vmap_and_jit_over_envs(key):
     assert obs.shape == (8, 64, 64, 3)
     obs2, *_ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, states, jnp.ones(8, jnp.int32), params)
     assert obs2.shape == (8, 64, 64, 3)
+
+
+def test_single_render_step_equals_gymnax_default_step_through_auto_resets(key):
+    from gymnax.environments.environment import Environment
+
+    env, params = gymnax.make("CartPolePixels-v1")
+    ours = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    reference = jax.jit(jax.vmap(lambda k, s, a, p: Environment.step(env, k, s, a, p), in_axes=(0, 0, 0, None)))
+    _, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, 16), params)
+    resets = 0
+    for t in range(80):
+        keys = jax.random.split(jax.random.fold_in(key, t), 16)
+        actions = (jnp.arange(16) + t) % 4 == 0  # mostly pushes left: episodes end and auto-reset
+        a = ours(keys, state, actions.astype(jnp.int32), params)
+        b = reference(keys, state, actions.astype(jnp.int32), params)
+        for x, y in zip(jax.tree.leaves(a[:5]), jax.tree.leaves(b[:5])):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(a[5]["final_observation"], b[5]["final_observation"])
+        resets += int(jnp.sum(a[3] | a[4]))
+        state = a[1]
+    assert resets >= 16

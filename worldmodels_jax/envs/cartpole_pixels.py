@@ -15,6 +15,8 @@ with grey, after the same 800 Adam steps).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from gymnax.environments import spaces
@@ -88,6 +90,25 @@ class CartPolePixels(CartPole):
 
     def get_obs(self, state: EnvState, params=None, key=None) -> jax.Array:
         return render(state.x, state.theta)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
+        """gymnax's step contract, drawing the returned frame once.
+
+        gymnax's default renders the stepped and the reset state and selects one frame; here the state is
+        selected and then drawn. `info["final_observation"]` is the stepped state's frame: a caller that
+        drops `info` (as the rollouts do) lets XLA remove that second drawing. The outputs equal gymnax's.
+        """
+        if params is None:
+            params = self.default_params
+        key_step, key_reset = jax.random.split(key)
+        obs_st, state_st, reward, terminated, info = self.step_env(key_step, state, action, params)
+        truncated = self.is_truncated(state_st, params)
+        done = jnp.logical_or(terminated, truncated)
+        _, state_re = self.reset_env(key_reset, params)
+        state = jax.tree.map(lambda reset, stepped: jax.lax.select(done, reset, stepped), state_re, state_st)
+        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+        return self.get_obs(state), state, reward, terminated, truncated, info
 
     @property
     def name(self) -> str:
