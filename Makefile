@@ -25,13 +25,13 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/wmj run --env CartPolePixels-v1 --preset cpu-small --out $(OUT)
 
-## make test: the full test suite.
+## make test: the full test suite, two pytest workers (compilation is mostly single-threaded), one per test file.
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## make test-fast: the fast subset, for the inner loop.
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 ## make bench: the quick benchmark suite (regenerates benchmarks/BENCHMARKS.md).
 bench: install-dev

@@ -31,9 +31,11 @@ TINY = PipelineConfig(
     train_vae=VAETrainConfig(epochs=2, batch_size=32, learning_rate=3e-3, max_frames=16000),
     train_mdn=MDNTrainConfig(steps=600, batch_size=16, seq_len=200, learning_rate=5e-3, done_pos_weight=10.0,
                              chunk_steps=300),
+    # σ₀ 0.5: with 0.1, no bias and the thirds mapping, C starts as "always stay" and had not left it after
+    # 16 generations (measured: real 131-133 against random 173, seeds 0 and 1); with 0.5 it scores 366-487.
     controller=ControllerStageConfig(
         modes=("z_c_h",), use_bias=False, action_mapping="thirds", where="dream", temperature=1.15,
-        es=ESConfig(population=16, rollouts=4, generations=16, eval_every=8, eval_episodes=8, sigma_init=0.1,
+        es=ESConfig(population=16, rollouts=4, generations=16, eval_every=8, eval_episodes=8, sigma_init=0.5,
                     l2_coef=0.01),
         max_episode_steps=500,
     ),
