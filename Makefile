@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/demo
 
-.PHONY: demo test test-fast bench install install-dev clean
+.PHONY: demo test test-fast bench install install-dev install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,gymnasium]"
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-bench: $(VENV)/.installed-bench
 
 ## make demo: the whole World Models pipeline on pixel CartPole (cpu-small preset).
 demo: install
@@ -34,7 +39,7 @@ test-fast: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 ## make bench: the quick benchmark suite (regenerates benchmarks/BENCHMARKS.md).
-bench: install-dev
+bench: install-bench
 	$(BIN)/wmj bench --quick
 
 clean:
