@@ -32,6 +32,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from worldmodels_jax.envs.stepping import step_with_reset
 from worldmodels_jax.errors import ConfigError, ShapeError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -646,15 +647,7 @@ class CarRacing(environment.Environment[EnvState, EnvParams]):
     @partial(jax.jit, static_argnames=("self",))
     def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
         """gymnax's step contract, with an auto-reset that only pays for the environments that are done."""
-        if params is None:
-            params = self.default_params
-        key_step, key_reset = jax.random.split(key)
-        obs_st, state_st, reward, terminated, info = self.step_env(key_step, state, action, params)
-        truncated = self.is_truncated(state_st, params)
-        done = jnp.logical_or(terminated, truncated)
-        obs, state = self._auto_reset()(done, key_reset, obs_st, state_st, params)
-        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
-        return obs, state, reward, terminated, truncated, info
+        return step_with_reset(self, key, state, action, params, self._auto_reset())
 
     def _auto_reset(self):
         env = self

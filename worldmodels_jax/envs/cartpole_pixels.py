@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, EnvState
 
+from worldmodels_jax.envs.stepping import step_with_reset
+
 SIZE = 64
 TRACK_ROW = 46.5  # a pixel centre: the track is a crisp 1-pixel line
 X_SCALE = 10.0  # pixels per world unit: ±2.4 → ±24 pixels
@@ -99,16 +101,12 @@ class CartPolePixels(CartPole):
         selected and then drawn. `info["final_observation"]` is the stepped state's frame: a caller that
         drops `info` (as the rollouts do) lets XLA remove that second drawing. The outputs equal gymnax's.
         """
-        if params is None:
-            params = self.default_params
-        key_step, key_reset = jax.random.split(key)
-        obs_st, state_st, reward, terminated, info = self.step_env(key_step, state, action, params)
-        truncated = self.is_truncated(state_st, params)
-        done = jnp.logical_or(terminated, truncated)
-        _, state_re = self.reset_env(key_reset, params)
-        state = jax.tree.map(lambda reset, stepped: jax.lax.select(done, reset, stepped), state_re, state_st)
-        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
-        return self.get_obs(state), state, reward, terminated, truncated, info
+        return step_with_reset(self, key, state, action, params, self._select_then_draw)
+
+    def _select_then_draw(self, done, key, obs_stepped, state_stepped, params):
+        _, state_reset = self.reset_env(key, params)
+        state = jax.tree.map(lambda reset, stepped: jax.lax.select(done, reset, stepped), state_reset, state_stepped)
+        return self.get_obs(state), state
 
     @property
     def name(self) -> str:

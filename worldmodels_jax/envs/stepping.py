@@ -1,0 +1,25 @@
+"""gymnax's `step` contract with a pluggable auto-reset, for envs whose default reset would waste work."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def step_with_reset(env, key: jax.Array, state, action, params, reset: Callable):
+    """`env.step_env`, truncation and auto-reset, returning gymnax's six values.
+
+    `reset(done, key, obs_stepped, state_stepped, params) -> (obs, state)` replaces gymnax's "reset every env
+    and select" (which draws a reset frame for every env, done or not).
+    """
+    if params is None:
+        params = env.default_params
+    key_step, key_reset = jax.random.split(key)
+    obs_st, state_st, reward, terminated, info = env.step_env(key_step, state, action, params)
+    truncated = env.is_truncated(state_st, params)
+    done = jnp.logical_or(terminated, truncated)
+    obs, state = reset(done, key_reset, obs_st, state_st, params)
+    info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+    return obs, state, reward, terminated, truncated, info
