@@ -161,6 +161,25 @@ def test_temperature_sampling_statistics():
         assert np.mean(samples > 0.5) == pytest.approx(above, abs=0.01)
 
 
+def test_component_choice_matches_mixture_weights_chi_square():
+    """Inverse-CDF component choice: frequencies match softmax(logπ/τ) (χ² vs scipy); a weight-0 component is never drawn."""
+    weights = np.array([0.45, 0.0, 0.25, 0.2, 0.1])
+    with np.errstate(divide="ignore"):
+        logpi = jnp.asarray(np.log(weights)[None], jnp.float32)
+    out = MDNOutput(logpi=logpi, mu=jnp.arange(5.0)[None] * 10.0, logsigma=jnp.full((1, 5), -8.0),
+                    reward=jnp.zeros(()), done_logit=jnp.zeros(()))
+    keys = jax.random.split(jax.random.PRNGKey(5), 20_000)
+    for tau in (1.0, 0.7):
+        samples = np.asarray(jax.jit(jax.vmap(lambda k: mdn_sample(k, out, tau)))(keys))[:, 0]
+        component = np.rint(samples / 10.0).astype(int)
+        counts = np.bincount(component, minlength=5)
+        assert counts[1] == 0
+        expected = np.where(weights > 0, weights, 0.0) ** (1 / tau)
+        expected = expected / expected.sum() * len(keys)
+        keep = expected > 0
+        assert stats.chisquare(counts[keep], expected[keep]).pvalue > 1e-3
+
+
 def test_temperature_to_zero_gives_most_likely_components_mean():
     rng = np.random.default_rng(4)
     out = _random_output(rng, (), 6, 5)

@@ -123,9 +123,9 @@ def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_p
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
     carry = jax.vmap(lambda _: agent.init_carry(wm_params))(jnp.arange(batch))
 
-    def one_step(c_p, state, key_t, t):
+    def one_step(c_p, state, keys_t, t):
         obs, env_state, carry, alive, first, ret, length, term = state
-        key_act, key_env = jax.random.split(key_t)
+        key_act, key_env = keys_t
         action, carry = agent.act(wm_params, c_p, carry, obs, first, key_act)
         obs, env_state, reward, terminated, truncated, _ = env.step(key_env, env_state, action, env_params)
         ret = ret + jnp.where(alive, reward, 0.0)
@@ -139,11 +139,15 @@ def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_p
     def chunk_body(loop_state):
         t, state = loop_state
 
-        def scan_body(state, i):
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + i))(run_keys)
-            return batched_step(c_params, state, step_keys, t + i), None
+        # The chunk's keys in one batched call (per-step calls cost a threefry loop each on the CPU).
+        chunk_keys = jax.vmap(lambda i: jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t + i)))(run_keys))(
+            jnp.arange(chunk))  # [chunk, B, 2, key]
 
-        state, _ = jax.lax.scan(scan_body, state, jnp.arange(chunk))
+        def scan_body(state, inputs):
+            i, keys_i = inputs
+            return batched_step(c_params, state, (keys_i[:, 0], keys_i[:, 1]), t + i), None
+
+        state, _ = jax.lax.scan(scan_body, state, (jnp.arange(chunk), chunk_keys))
         return t + chunk, state
 
     def cond(loop_state):

@@ -18,8 +18,7 @@ from gymnax.environments import environment, spaces
 
 from worldmodels_jax.envs.actions import ActionEncoder
 from worldmodels_jax.errors import ConfigError, ShapeError
-from worldmodels_jax.models.mdnrnn import mdn_sample
-from worldmodels_jax.models.vae import sample_z
+from worldmodels_jax.models.mdnrnn import mdn_sample_from_uniform, normal_from_uniform
 
 
 @struct.dataclass
@@ -54,6 +53,7 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         from worldmodels_jax.models.memory import has_cell_state
 
         self.with_cell_state = has_cell_state(memory)
+        self.z_size = memory.config.z_size
         self.obs_shape = (memory.config.z_size + memory.feature_size * (2 if self.with_cell_state else 1),)
 
     @property
@@ -64,17 +64,45 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         parts = [state.z, state.carry.h] + ([state.carry.c] if self.with_cell_state else [])
         return jnp.concatenate(parts)
 
-    def reset_env(self, key, params: DreamParams):
+    def _initial_state(self, uniform: jax.Array, params: DreamParams) -> DreamState:
+        """A start state from z_size + 1 uniforms (the start index, then ε)."""
+        count = params.initial_mu.shape[0]
+        index = jnp.minimum((uniform[0] * count).astype(jnp.int32), count - 1)
+        z = params.initial_mu[index] + jnp.exp(0.5 * params.initial_logvar[index]) * normal_from_uniform(uniform[1:])
+        carry = self.memory.apply({"params": params.memory_params}, method="initial_carry")
+        return DreamState(z=z, carry=carry, time=0)
+
+    def _check_params(self, params: DreamParams) -> None:
         if params.memory_params is None or params.initial_mu is None:
             raise ConfigError("DreamParams needs memory_params and initial_mu/initial_logvar from real episodes")
-        key_index, key_z = jax.random.split(key)
-        index = jax.random.randint(key_index, (), 0, params.initial_mu.shape[0])
-        z = sample_z(key_z, params.initial_mu[index], params.initial_logvar[index])
-        carry = self.memory.apply({"params": params.memory_params}, method="initial_carry")
-        state = DreamState(z=z, carry=carry, time=0)
+
+    def reset_env(self, key, params: DreamParams):
+        self._check_params(params)
+        state = self._initial_state(jax.random.uniform(key, (self.z_size + 1,)), params)
         return self._obs(state), state
 
+    def step(self, key, state: DreamState, action, params: DreamParams | None = None):
+        """gymnax's step contract (truncation, auto-reset, final_observation) from one random draw per step.
+
+        The draw holds the sample's uniforms and the reset's; the reset selects on the state and builds the
+        observation once. Each threefry call is a loop of its own on the CPU, so this matters in the dream.
+        """
+        params = self.default_params if params is None else params
+        self._check_params(params)
+        z = self.z_size
+        uniform = jax.random.uniform(key, (3 * z + 1,))
+        obs_st, state_st, reward, terminated, info = self._step(uniform[: 2 * z].reshape(2, z), state, action, params)
+        truncated = self.is_truncated(state_st, params)
+        done = jnp.logical_or(terminated, truncated)
+        fresh = self._initial_state(uniform[2 * z:], params)
+        new_state = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, state_st)
+        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+        return self._obs(new_state), new_state, reward, terminated, truncated, info
+
     def step_env(self, key, state: DreamState, action, params: DreamParams):
+        return self._step(jax.random.uniform(key, (2, self.z_size)), state, action, params)
+
+    def _step(self, uniform, state: DreamState, action, params: DreamParams):
         encoded = self.action_encoder(jnp.asarray(action))
         if encoded.shape != (self.memory.config.action_size,):
             raise ShapeError(f"dream action encodes to {encoded.shape}, M expects ({self.memory.config.action_size},)")
@@ -82,7 +110,7 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
             {"params": params.memory_params}, state.carry, state.z, encoded,
             jnp.asarray(state.time == 0), method="step",
         )
-        z = mdn_sample(key, output, params.temperature)
+        z = mdn_sample_from_uniform(uniform, output, params.temperature)
         terminated = output.done_logit > 0
         reward = output.reward if self.reward_kind == "head" else jnp.float32(1.0)
         new_state = DreamState(z=z, carry=carry, time=state.time + 1)
