@@ -218,6 +218,40 @@ def test_lstm_scan_matches_python_loop_with_resets(key, restart_input):
     assert not np.allclose(hs_changed[0, :4], hs[0, :4])
 
 
+def test_lstm_sequence_gradients_equal_autodiff_of_the_step_loop(key):
+    """observe's hand-written LSTM backward pass: every parameter's and the initial carry's gradient equals
+    autodiff through a Python loop of `step`, with resets mid-sequence and a non-zero initial carry."""
+    cfg = MDNRNNConfig(z_size=3, action_size=2, hidden_size=8, num_mixtures=2, restart_input=True)
+    model = MDNRNN(cfg)
+    params = init_mdnrnn(key, cfg)
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    z, a = jax.random.normal(k1, (2, 9, 3)), jax.random.normal(k2, (2, 9, 2))
+    z_next = jax.random.normal(k5, (2, 9, 3))
+    reset = jnp.zeros((2, 9), bool).at[0, 4].set(True).at[1, 7].set(True)
+    carry0 = LSTMCarry(h=jax.random.normal(k3, (2, 8)), c=jax.random.normal(k4, (2, 8)))
+
+    def scanned(params, carry0):
+        out, hs, final = model.apply({"params": params}, z, a, reset, carry0, method=MDNRNN.observe)
+        return mdn_nll(out, z_next) + jnp.sum(hs ** 2) * 0.1 + jnp.sum(final.c) * 0.3
+
+    def looped(params, carry):
+        hs, outs = [], []
+        for t in range(z.shape[1]):
+            carry, out, h = model.apply({"params": params}, carry, z[:, t], a[:, t], reset[:, t], method=MDNRNN.step)
+            hs.append(h)
+            outs.append(out)
+        out = jax.tree.map(lambda *x: jnp.stack(x, 1), *outs)
+        return mdn_nll(out, z_next) + jnp.sum(jnp.stack(hs, 1) ** 2) * 0.1 + jnp.sum(carry.c) * 0.3
+
+    value, grads = jax.jit(jax.value_and_grad(scanned, argnums=(0, 1)))(params, carry0)
+    ref_value, ref_grads = jax.value_and_grad(looped, argnums=(0, 1))(params, carry0)
+    assert float(value) == pytest.approx(float(ref_value), rel=1e-5)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+    # the initial carry's gradient reaches sequence 0 only before its reset: not zero, and finite everywhere
+    assert np.all(np.isfinite(np.asarray(grads[1].h))) and np.abs(np.asarray(grads[1].h)).sum() > 0
+
+
 def test_lstm_cell_matches_numpy_reference(key):
     cfg = MDNRNNConfig(z_size=2, action_size=1, hidden_size=3, num_mixtures=1)
     params = init_mdnrnn(key, cfg)

@@ -87,6 +87,70 @@ def reset_carry(carry: LSTMCarry, reset: jax.Array) -> LSTMCarry:
     return LSTMCarry(h=carry.h * keep, c=carry.c * keep)
 
 
+def lstm_sequence(w_h: jax.Array, carry: LSTMCarry, x_projection: jax.Array, reset: jax.Array):
+    """`lstm_cell` scanned over time-major inputs: x_projection [T, B, 4H], reset [T, B] → (final carry, hs [T, B, H]).
+
+    Equal to scanning `lstm_cell(w_h, reset_carry(carry, reset_t), x_t)`, with a hand-written backward pass:
+    the reverse scan carries only dh and dc and emits each step's gate gradients, and dW_h is then one
+    [H, T·B] × [T·B, 4H] matmul after the loop (autodiff would accumulate T small matmuls inside it).
+    """
+    keep = (1.0 - reset.astype(x_projection.dtype))[..., None]
+    hs, h, c = _lstm_sequence(w_h, carry.h, carry.c, x_projection, keep)
+    return LSTMCarry(h=h, c=c), hs
+
+
+def _lstm_sequence_forward(w_h, h0, c0, x_projection, keep):
+    def step(state, inputs):
+        h, c = state
+        x_t, keep_t = inputs
+        h_in, c_in = h * keep_t, c * keep_t
+        i, j, f, o = jnp.split(x_t + h_in @ w_h, 4, axis=-1)
+        si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + FORGET_BIAS), jax.nn.sigmoid(o)
+        c_new = c_in * sf + si * tj
+        tc = jnp.tanh(c_new)
+        h_new = tc * so
+        return (h_new, c_new), (h_new, (h_in, c_in, si, tj, sf, so, tc))
+
+    (h, c), (hs, residuals) = jax.lax.scan(step, (h0, c0), (x_projection, keep))
+    return (hs, h, c), residuals
+
+
+@jax.custom_vjp
+def _lstm_sequence(w_h, h0, c0, x_projection, keep):
+    return _lstm_sequence_forward(w_h, h0, c0, x_projection, keep)[0]
+
+
+def _lstm_sequence_fwd(w_h, h0, c0, x_projection, keep):
+    outputs, residuals = _lstm_sequence_forward(w_h, h0, c0, x_projection, keep)
+    return outputs, (w_h, keep, residuals)
+
+
+def _lstm_sequence_bwd(saved, cotangents):
+    w_h, keep, residuals = saved
+    d_hs, d_h, d_c = cotangents
+    w_h_transposed = w_h.T
+
+    def step(state, inputs):
+        dh_next, dc_next = state
+        d_out, keep_t, (h_in, c_in, si, tj, sf, so, tc) = inputs
+        dh = d_out + dh_next
+        dc = dc_next + dh * so * (1.0 - tc * tc)
+        d_gates = jnp.concatenate([
+            dc * tj * si * (1.0 - si),  # i
+            dc * si * (1.0 - tj * tj),  # j
+            dc * c_in * sf * (1.0 - sf),  # f
+            dh * tc * so * (1.0 - so),  # o
+        ], axis=-1)
+        return ((d_gates @ w_h_transposed) * keep_t, dc * sf * keep_t), d_gates
+
+    (dh0, dc0), d_gates = jax.lax.scan(step, (d_h, d_c), (d_hs, keep, residuals), reverse=True)
+    d_w_h = jnp.einsum("tbh,tbg->hg", residuals[0], d_gates)
+    return d_w_h, dh0, dc0, d_gates, jnp.zeros_like(keep)
+
+
+_lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
+
+
 class MDNHead(nn.Module):
     """Dense layer from the memory's features to the mixture (and optional reward and done)."""
 
@@ -164,23 +228,14 @@ class MDNRNN(nn.Module):
         """Teacher forcing over [B, T, ...] sequences → (MDNOutput [B, T, ...], features [B, T, H], final carry).
 
         The input projection of all steps is one matmul outside the scan; the scan carries only
-        the recurrent matmul.
+        the recurrent matmul (`lstm_sequence`, whose backward pass leaves dW_h to one matmul after the loop).
         """
         if z.ndim != 3:
             raise ShapeError(f"observe expects z [batch, time, z], got {tuple(z.shape)}")
         batch = z.shape[0]
         carry = self.initial_carry((batch,)) if carry is None else carry
         x_projection = self._inputs(z, action, reset) @ self.w_x + self.b  # [B, T, 4H]
-        w_h = self.w_h
-
-        def scan_step(carry_t, inputs_t):
-            x_t, reset_t = inputs_t
-            carry_t = lstm_cell(w_h, reset_carry(carry_t, reset_t), x_t)
-            return carry_t, carry_t.h
-
-        final_carry, hs = jax.lax.scan(
-            scan_step, carry, (jnp.swapaxes(x_projection, 0, 1), jnp.swapaxes(reset, 0, 1))
-        )
+        final_carry, hs = lstm_sequence(self.w_h, carry, jnp.swapaxes(x_projection, 0, 1), jnp.swapaxes(reset, 0, 1))
         hs = jnp.swapaxes(hs, 0, 1)
         return self.head(hs), hs, final_carry
 
