@@ -166,8 +166,7 @@ def make_fused(pop: int, steps: int, hidden: int = HIDDEN):
             c = c * jax.nn.sigmoid(f + FORGET_BIAS) + jax.nn.sigmoid(i) * jnp.tanh(j)
             h = jnp.tanh(c) * jax.nn.sigmoid(o)
             out = (h @ head_w + head_b).reshape(pop, Z, 3, K)
-            # Unnormalised logits suffice: the inverse-CDF choice subtracts the max itself.
-            mixture = MDNOutput(logpi=out[:, :, 0], mu=out[:, :, 1], logsigma=out[:, :, 2], reward=None, done_logit=None)
+            mixture = MDNOutput(logits=out[:, :, 0], mu=out[:, :, 1], logsigma=out[:, :, 2], reward=None, done_logit=None)
             z = mdn_sample_from_uniform(jax.random.uniform(key_t, (2, pop, Z)), mixture, TAU)
             return (z, h, c), None
 

@@ -65,7 +65,7 @@ def test_numpy_port_computes_what_mdnrnn_step_computes(small_models):
     logits = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     mean = np.asarray(out.mu, np.float64)
     cold_np = numpy_dream.sample_z(logits, mean, np.asarray(out.logsigma, np.float64), 0.02, np.random.RandomState(0))
-    cold_out = out.replace(logpi=jnp.asarray(logits, jnp.float32))
+    cold_out = out.replace(logits=jnp.asarray(logits, jnp.float32))
     cold_jax = mdn_sample(jax.random.PRNGKey(0), cold_out, 1e-8)
     expected = mean[np.arange(4), np.argmax(logits, axis=1)]
     np.testing.assert_allclose(cold_np, expected, atol=4 * np.sqrt(0.02) * np.exp(np.asarray(out.logsigma)).max())

@@ -106,7 +106,7 @@ def test_invalid_vae_config_is_a_clear_error():
 def _random_output(rng, shape, z, k):
     logits = rng.normal(size=(*shape, z, k))
     logpi = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return MDNOutput(logpi=jnp.asarray(logpi, jnp.float32), mu=jnp.asarray(rng.normal(size=(*shape, z, k)), jnp.float32),
+    return MDNOutput(logits=jnp.asarray(logpi, jnp.float32), mu=jnp.asarray(rng.normal(size=(*shape, z, k)), jnp.float32),
                      logsigma=jnp.asarray(rng.normal(size=(*shape, z, k)) * 0.5, jnp.float32),
                      reward=jnp.zeros(shape), done_logit=jnp.zeros(shape))
 
@@ -123,7 +123,7 @@ def test_mdn_log_prob_matches_scipy_mixture():
 
 
 def test_mdn_nll_is_stable_far_from_every_component():
-    out = MDNOutput(logpi=jnp.log(jnp.full((1, 1, 2), 0.5)), mu=jnp.zeros((1, 1, 2)), logsigma=jnp.full((1, 1, 2), -3.0),
+    out = MDNOutput(logits=jnp.log(jnp.full((1, 1, 2), 0.5)), mu=jnp.zeros((1, 1, 2)), logsigma=jnp.full((1, 1, 2), -3.0),
                     reward=jnp.zeros(1), done_logit=jnp.zeros(1))
     nll = mdn_nll(out, jnp.full((1, 1), 50.0))
     assert np.isfinite(float(nll)) and float(nll) > 1e4
@@ -146,7 +146,7 @@ def test_done_loss_weights_positives():
 def test_temperature_sampling_statistics():
     # one latent dim, two components: weights 0.8/0.2, means -2/+3, sigmas 0.5/1.0
     logpi = jnp.log(jnp.array([[0.8, 0.2]]))
-    out = MDNOutput(logpi=logpi, mu=jnp.array([[-2.0, 3.0]]), logsigma=jnp.log(jnp.array([[0.5, 1.0]])),
+    out = MDNOutput(logits=logpi, mu=jnp.array([[-2.0, 3.0]]), logsigma=jnp.log(jnp.array([[0.5, 1.0]])),
                     reward=jnp.zeros(()), done_logit=jnp.zeros(()))
     keys = jax.random.split(jax.random.PRNGKey(3), 40_000)
     for tau in (1.0, 0.5, 2.0):
@@ -166,7 +166,7 @@ def test_component_choice_matches_mixture_weights_chi_square():
     weights = np.array([0.45, 0.0, 0.25, 0.2, 0.1])
     with np.errstate(divide="ignore"):
         logpi = jnp.asarray(np.log(weights)[None], jnp.float32)
-    out = MDNOutput(logpi=logpi, mu=jnp.arange(5.0)[None] * 10.0, logsigma=jnp.full((1, 5), -8.0),
+    out = MDNOutput(logits=logpi, mu=jnp.arange(5.0)[None] * 10.0, logsigma=jnp.full((1, 5), -8.0),
                     reward=jnp.zeros(()), done_logit=jnp.zeros(()))
     keys = jax.random.split(jax.random.PRNGKey(5), 20_000)
     for tau in (1.0, 0.7):

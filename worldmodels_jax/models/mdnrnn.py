@@ -61,13 +61,22 @@ class LSTMCarry:
 
 @struct.dataclass
 class MDNOutput:
-    """M's prediction of step t+1. Mixture arrays are [..., z_size, K]."""
+    """M's prediction of step t+1. Mixture arrays are [..., z_size, K].
 
-    logpi: jax.Array  # normalised log mixture weights
+    The head emits unnormalised mixture `logits`; `logpi` normalises them on use. Sampling needs no
+    normalisation, so the dream skips the log-sum-exp (12% of a dream step on the CPU).
+    """
+
+    logits: jax.Array  # log mixture weights up to a constant per latent dimension
     mu: jax.Array
     logsigma: jax.Array
     reward: jax.Array  # [...] (zeros without a reward head)
     done_logit: jax.Array  # [...] (a large negative constant without a done head)
+
+    @property
+    def logpi(self) -> jax.Array:
+        """Normalised log mixture weights."""
+        return jax.nn.log_softmax(self.logits, axis=-1)
 
 
 def lstm_cell(
@@ -166,13 +175,12 @@ class MDNHead(nn.Module):
         out = nn.Dense(z * k * 3 + extra, name="mdn_dense")(features)
         mixture = out[..., : z * k * 3].reshape((*features.shape[:-1], z, 3, k))
         logits, mu, logsigma = mixture[..., 0, :], mixture[..., 1, :], mixture[..., 2, :]
-        logpi = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
         zeros = jnp.zeros(features.shape[:-1], features.dtype)
         column = z * k * 3
         reward = out[..., column] if self.reward_head else zeros
         column += int(self.reward_head)
         done_logit = out[..., column] if self.done_head else zeros - 1e4
-        return MDNOutput(logpi=logpi, mu=mu, logsigma=logsigma, reward=reward, done_logit=done_logit)
+        return MDNOutput(logits=logits, mu=mu, logsigma=logsigma, reward=reward, done_logit=done_logit)
 
 
 class MDNRNN(nn.Module):
@@ -298,7 +306,7 @@ def mdn_sample_from_uniform(uniform: jax.Array, output: MDNOutput, temperature: 
     if uniform.shape != (2, *output.mu.shape[:-1]):
         raise ShapeError(f"mdn_sample_from_uniform needs uniforms {(2, *output.mu.shape[:-1])}, got {uniform.shape}")
     tau = jnp.asarray(temperature, output.mu.dtype)
-    scaled = output.logpi / jnp.maximum(tau, 1e-6)
+    scaled = output.logits / jnp.maximum(tau, 1e-6)
     weights = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))  # the best component has weight 1
     cumulative = [weights[..., 0]]
     for k in range(1, weights.shape[-1]):
