@@ -91,3 +91,46 @@ def test_vmapped_dream_population(kind):
     obs, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
     obs, states, reward, *_ = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))(keys, states, jnp.arange(6) % 3, params)
     assert obs.shape[0] == 6 and reward.shape == (6,)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_episodes_read_the_observation_from_the_state_exactly(kind):
+    """run_episodes rebuilds the dream's observation from its state (observation_of_state); episodes with and
+    without that shortcut, through terminations and auto-resets, give identical returns and lengths, and
+    the observation step() returns is observation_of_state of the state it returns."""
+    from worldmodels_jax.models.controller import ActionMapping, Controller, ControllerConfig, init_controller
+    from worldmodels_jax.rollouts import Agent, WorldModelParams, run_episodes
+
+    env, params, memory = _dream(kind, -10.0)
+
+    def state_dependent_done(path, leaf):  # the done logit depends on h: episodes end at varied times
+        names = [getattr(p, "key", "") for p in path]
+        if "mdn_dense" in names and names[-1] == "kernel":
+            return leaf.at[:, -1].set(jax.random.normal(jax.random.PRNGKey(4), leaf.shape[:1]) * 8.0)
+        if "mdn_dense" in names and names[-1] == "bias":
+            return leaf.at[-1].set(-1.0)
+        return leaf
+
+    params = params.replace(memory_params=jax.tree_util.tree_map_with_path(state_dependent_done, params.memory_params),
+                            max_steps_in_episode=9)
+    extra = 1 if env.with_cell_state else 0
+    config = ControllerConfig(mode="z_c_h" if extra else "z_h", z_size=4, feature_size=memory.feature_size,
+                              num_outputs=1)
+    agent = Agent(controller=Controller(config), mapping=ActionMapping("thirds", 1), obs_kind="features")
+    keys = jax.random.split(jax.random.PRNGKey(7), 6)
+    c_params = jax.vmap(lambda k: jax.tree.map(lambda x: x + jax.random.normal(k, x.shape), init_controller(k, config)))(keys)
+
+    class WithoutShortcut(DreamEnv):
+        observation_of_state = None
+
+    plain = WithoutShortcut(memory, env.action_space(), env.action_encoder)
+    run = jax.jit(run_episodes, static_argnums=(0, 2, 6, 7))
+    fast = run(env, params, agent, WorldModelParams(memory=params.memory_params), c_params, keys, 20, 5)
+    slow = run(plain, params, agent, WorldModelParams(memory=params.memory_params), c_params, keys, 20, 5)
+    np.testing.assert_array_equal(fast.returns, slow.returns)
+    np.testing.assert_array_equal(fast.lengths, slow.lengths)
+    assert len(set(np.asarray(fast.lengths).tolist())) > 1  # the episodes did not all end alike
+    obs, state = env.reset(jax.random.PRNGKey(3), params)
+    for t in range(4):
+        obs, state, *_ = env.step(jax.random.PRNGKey(10 + t), state, t % 3, params)
+        np.testing.assert_array_equal(obs, env.observation_of_state(state))

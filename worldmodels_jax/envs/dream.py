@@ -60,6 +60,10 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
     def default_params(self) -> DreamParams:
         return DreamParams()
 
+    def observation_of_state(self, state: DreamState) -> jax.Array:
+        """The observation is a pure function of the state (`rollouts.run_episodes` uses this)."""
+        return self._obs(state)
+
     def _obs(self, state: DreamState) -> jax.Array:
         parts = [state.z, state.carry.h] + ([state.carry.c] if self.with_cell_state else [])
         return jnp.concatenate(parts)
