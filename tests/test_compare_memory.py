@@ -9,6 +9,7 @@ import pytest
 
 from worldmodels_jax.compare_memory import (
     MemoryComparisonConfig,
+    SharedMPipeline,
     SharedVPipeline,
     arm_configs,
     held_out_nll,
@@ -61,6 +62,26 @@ def test_arms_differ_only_in_memory_and_share_v_and_budgets():
                (shared.vae, shared.collect, shared.train_vae, shared.train_mdn, shared.seed)
         assert arm.controller.modes == ("z_h",) and arm.controller.where == "real"
         assert arm.controller.es.target_score is None  # no early stop: the same ES budget for both
+
+
+def test_a_dream_trained_preset_gets_a_dream_arm_per_memory_with_the_preset_s_dream_settings():
+    config = MemoryComparisonConfig(preset="cpu-small", env_id="TakeCover-v0")
+    base, arms = arm_configs(config)
+    assert base.preset == "takecover-cpu-small" and base.controller.where == "dream"
+    assert set(arms) == set(MEMORIES) | {f"{m}-dream" for m in MEMORIES}
+    for memory in MEMORIES:
+        real, dream = arms[memory], arms[f"{memory}-dream"]
+        # the dream arm differs from its memory run only in the controller stage
+        assert dataclasses.replace(dream, controller=real.controller) == real
+        assert dream.controller.where == "dream" and dream.controller.modes == ("z_h",)
+        assert dream.controller.temperature == base.controller.temperature
+        assert dream.controller.es == base.controller.es
+        # real-env training: TakeCover's cap is long enough to tell a dodger from a random policy
+        assert real.controller.where == "real" and real.controller.max_episode_steps == 1000
+    assert arms["lstm-dream"].controller == arms["transformer-dream"].controller
+    # an explicit cap wins; CartPole keeps its 200
+    assert arm_configs(dataclasses.replace(config, train_max_episode_steps=50))[1]["lstm"].controller.max_episode_steps == 50
+    assert arm_configs(MemoryComparisonConfig())[1]["lstm"].controller.max_episode_steps == 200
 
 
 def test_another_seed_changes_the_arms_but_not_the_shared_data_or_v():
@@ -133,6 +154,27 @@ def test_arm_reads_the_shared_run_and_refuses_a_different_v(tmp_path):
                         tmp_path / "arm2", shared, progress=False)
 
 
+def test_dream_arm_reads_m_from_its_memory_run_and_refuses_other_m_settings(tmp_path):
+    tiny = get_preset("tiny")
+    tiny = dataclasses.replace(tiny, mdn=dataclasses.replace(tiny.mdn, done_head=True))  # the dream needs done
+    shared = Pipeline(tiny, tmp_path / "shared", progress=False)
+    memory_run = SharedVPipeline(tiny, tmp_path / "lstm", shared, progress=False)
+    params = memory_run.memory_params_template()
+    memory_run.run.checkpointer("mdn").save(0, jax.tree.map(lambda x: x + 1.5, params))
+    dream_config = dataclasses.replace(tiny, controller=dataclasses.replace(tiny.controller, where="dream"))
+    dream_arm = SharedMPipeline(dream_config, tmp_path / "lstm-dream", shared, memory_run, progress=False)
+    restored = dream_arm.memory_params()
+    assert jax.tree.structure(restored) == jax.tree.structure(params)
+    for got, initial in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, initial + 1.5)
+    assert dream_arm.encoded_dir == shared.encoded_dir
+    with pytest.raises(ConfigError, match="memory run"):
+        dream_arm.train_mdn()
+    with pytest.raises(ConfigError, match="M settings"):
+        SharedMPipeline(dataclasses.replace(dream_config, memory="transformer"), tmp_path / "t-dream", shared,
+                        memory_run, progress=False)
+
+
 def test_table_has_a_column_per_memory_and_every_row():
     row = {"memory_params": 100, "controller_params": 10, "feature_size": 8, "train_steps": 5, "batch_shape": [2, 3],
            "train_mdn_s": 1.0, "train_nll_per_dim": 0.5,
@@ -148,6 +190,16 @@ def test_table_has_a_column_per_memory_and_every_row():
               "devices": ["cpu:0"]}
     table = markdown_table(result)
     assert "| | lstm | transformer |" in table
+    assert "dream-trained" not in table
+    dream_row = {"best_dream_eval": 500.0, "generations": 2, "seconds": 4.0, "evaluate_s": 1.0,
+                 "score": {"mean": 321.0, "std": 12.0, "episodes": 100}, "real_eval_curve": []}
+    dream_result = dict(result, rows={m: dict(row, dream_controller=dream_row) for m in ("lstm", "transformer")},
+                        dream_controller_settings={"temperature": 1.15,
+                                                   "es": {"population": 4, "rollouts": 2, "generations": 2}},
+                        train_max_episode_steps=1000)
+    dream_table = markdown_table(dream_result)
+    assert "| **dream-trained** z_h C: real-env score (mean ± std, 100 ep.) | 321.0 ± 12.0 | 321.0 ± 12.0 |" in dream_table
+    assert "capped at 1000 steps" in dream_table and "temperature 1.15" in dream_table
     for label in ("M parameters", "held-out next-z NLL per step", "dream steps/s", "dream compile",
                   "real-env score, z_h C (mean ± std, 100 ep.)", "M training wall time", "C parameters"):
         rows = [line for line in table.splitlines() if line.startswith(f"| {label}")]

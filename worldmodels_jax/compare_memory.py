@@ -2,8 +2,10 @@
 
 Layout of a comparison directory:
     shared/          a pipeline run holding the data, V and the encoded data (collect, train-vae, encode)
-    lstm/            M = MDN-RNN, trained on shared/encoded; its z_h controller; its evaluation
+    lstm/            M = MDN-RNN, trained on shared/encoded; its z_h controller (real env); its evaluation
     transformer/     M = causal transformer, the same
+    lstm-dream/      only for presets that train C in the dream (TakeCover): a z_h controller trained inside
+    transformer-dream/   that arm's M (read from lstm/ or transformer/), scored in the real env
     comparison.json  the table as numbers, with settings, parameter counts, timings and load averages
     comparison.md    the table as markdown
     stages/speeds.json  the dream and M-training speed measurements (redone only when their settings change)
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from worldmodels_jax.configs import PipelineConfig, get_preset
+from worldmodels_jax.configs import PipelineConfig, get_preset, resolve
 from worldmodels_jax.envs.actions import sample_action
 from worldmodels_jax.errors import ConfigError, NonFiniteError
 from worldmodels_jax.evolution import ESConfig
@@ -54,8 +56,9 @@ class MemoryComparisonConfig:
     es: ESConfig = ESConfig(population=32, sigma_init=0.5, generations=20, rollouts=2, l2_coef=0.0, eval_every=5,
                             eval_episodes=16, target_score=None)
     """CMA-ES for the z_h controllers, identical for both arms (no early stop, so the budget is the same)."""
-    train_max_episode_steps: int = 200
-    """Episode cap while training C (0: the env's own limit); the final evaluation always uses the env's limit."""
+    train_max_episode_steps: int | None = None
+    """Episode cap while training C in the real env (0: the env's own limit); the final evaluation always uses the
+    env's limit. None: `DEFAULT_TRAIN_CAPS` for the env (200 for pixel CartPole), else the preset's own cap."""
     eval_episodes: int = 100
     """Real-env episodes of the final evaluation (mean ± std)."""
     dream_population: int = 64
@@ -73,19 +76,44 @@ class MemoryComparisonConfig:
                self.speed_repeats) < 1:
             raise ConfigError("eval_episodes, dream_population, dream_steps, train_speed_steps and speed_repeats "
                               "must be >= 1")
-        if self.train_max_episode_steps < 0:
+        if self.train_max_episode_steps is not None and self.train_max_episode_steps < 0:
             raise ConfigError(f"train_max_episode_steps must be >= 0, got {self.train_max_episode_steps}")
 
 
+DEFAULT_TRAIN_CAPS = {"CartPolePixels-v1": 200, "TakeCover-v0": 1000}
+"""Episode caps while training C in the real env. CartPole balances for good by 200 steps. TakeCover's random
+policy lasts about 200 steps, so a 200-step cap could not tell a good controller from a random one."""
+
+
+def train_episode_cap(config: MemoryComparisonConfig, base: PipelineConfig) -> int:
+    if config.train_max_episode_steps is not None:
+        return config.train_max_episode_steps
+    return DEFAULT_TRAIN_CAPS.get(config.env_id, base.controller.max_episode_steps)
+
+
+def trains_in_dream(base: PipelineConfig) -> bool:
+    """Whether the preset trains its controller in the dream (TakeCover): then each memory gets a dream arm too."""
+    return base.controller.where == "dream"
+
+
 def arm_configs(config: MemoryComparisonConfig) -> tuple[PipelineConfig, dict[str, PipelineConfig]]:
-    """(shared config for collect/V/encode, {memory: that arm's pipeline config})."""
+    """(shared config for collect/V/encode, {arm name: that arm's pipeline config}).
+
+    Arms `lstm` and `transformer` train M and a z_h controller in the real env. When the preset trains C in the
+    dream, arms `lstm-dream` and `transformer-dream` train a z_h controller in the dream of the matching arm's M,
+    with the preset's own ES, temperature and episode cap (z_h, not the paper's z_c_h: the transformer has no c).
+    """
     base = get_preset(config.preset, config.env_id)
     controller = dataclasses.replace(base.controller, modes=(MODE,), where="real", es=config.es,
-                                     max_episode_steps=config.train_max_episode_steps)
+                                     max_episode_steps=train_episode_cap(config, base))
     evaluate = dataclasses.replace(base.evaluate, episodes=config.eval_episodes, max_episode_steps=0)
     arms = {memory: dataclasses.replace(base, memory=memory, transformer=config.transformer,
                                         controller=controller, evaluate=evaluate, seed=config.seed)
             for memory in MEMORIES}
+    if trains_in_dream(base):
+        dream_controller = dataclasses.replace(base.controller, modes=(MODE,))
+        for memory in MEMORIES:
+            arms[f"{memory}-dream"] = dataclasses.replace(arms[memory], controller=dream_controller)
     return base, arms
 
 
@@ -116,6 +144,25 @@ class SharedVPipeline(Pipeline):
         raise ConfigError("collect belongs to the shared run")
 
     train_vae = encode = collect
+
+
+class SharedMPipeline(SharedVPipeline):
+    """A pipeline run that trains only a controller, with the data and V of `shared` and the M of `memory_run`."""
+
+    def __init__(self, config: PipelineConfig, out: str | Path, shared: Pipeline, memory_run: Pipeline,
+                 progress: bool = True):
+        resolved = resolve(config, memory_run.env, memory_run.env_params)
+        if (resolved.memory, resolved.mdn, resolved.transformer) != (memory_run.config.memory, memory_run.config.mdn,
+                                                                      memory_run.config.transformer):
+            raise ConfigError("a dream arm must use its memory run's M settings")
+        super().__init__(config, out, shared, progress)
+        self.memory_run = memory_run
+
+    def memory_params(self):
+        return self.memory_run.memory_params()
+
+    def train_mdn(self):
+        raise ConfigError("train-mdn belongs to the memory run")
 
 
 def held_out_split(num_sequences: int) -> int:
@@ -256,6 +303,18 @@ def run_comparison(config: MemoryComparisonConfig, out: str | Path, progress: bo
         controller = arm.train_controller()["modes"][MODE]
         evaluation = arm.evaluate()["results"]
         arms[memory] = arm
+        if f"{memory}-dream" in arm_config:
+            dream_arm = SharedMPipeline(arm_config[f"{memory}-dream"], out / f"{memory}-dream{suffix}", shared, arm,
+                                        progress=progress)
+            dream_controller = dream_arm.train_controller()["modes"][MODE]
+            dream_evaluation = dream_arm.evaluate()["results"]
+            dream_row = {"best_dream_eval": dream_controller["best_eval"],
+                         "generations": dream_controller["generations"], "seconds": dream_controller["seconds"],
+                         "score": dream_evaluation[MODE], "evaluate_s": dream_arm.run.stage_done("evaluate")["seconds"],
+                         "real_eval_curve": [r for r in dream_arm.run.read_metrics(f"train-controller-{MODE}")
+                                             if "real_eval_mean" in r]}
+        else:
+            dream_row = None
         rows[memory] = {
             "memory_params": param_count(arm.memory_params()),
             "controller_params": controller["param_count"],
@@ -270,6 +329,7 @@ def run_comparison(config: MemoryComparisonConfig, out: str | Path, progress: bo
             "score": evaluation[MODE],
             "random_score": evaluation["random"],
             "evaluate_s": arm.run.stage_done("evaluate")["seconds"],
+            "dream_controller": dream_row,
         }
     # timings last, all arms in one phase; redone only when the timing settings or the arms change
     top = RunDir(out)
@@ -288,11 +348,16 @@ def run_comparison(config: MemoryComparisonConfig, out: str | Path, progress: bo
     result = {
         "env_id": config.env_id, "preset": config.preset,
         "settings": dataclasses.asdict(config),
+        "train_max_episode_steps": arm_config[memories[0]].controller.max_episode_steps,
+        "dream_controller_settings": (to_jsonable(arm_config[f"{memories[0]}-dream"].controller)
+                                      if f"{memories[0]}-dream" in arm_config else None),
         "shared_stage_seconds": {k: v["seconds"] for k, v in shared_records.items()},
         "rows": rows,
         "speeds_s": speeds["seconds"],
         "stage_seconds_total": (sum(v["seconds"] for v in shared_records.values()) + speeds["seconds"]
                                 + sum(r["train_mdn_s"] + r["controller"]["seconds"] + r["evaluate_s"]
+                                      + (r["dream_controller"]["seconds"] + r["dream_controller"]["evaluate_s"]
+                                         if r.get("dream_controller") else 0)
                                       for r in rows.values())),
         "wall_s_this_call": time.perf_counter() - start,
         "loadavg_start": load_start, "loadavg_end": _loadavg(), "loadavg_speeds": speeds["loadavg"],
@@ -332,6 +397,19 @@ def markdown_table(result: dict) -> str:
              lambda r: f"{r['score']['mean']:.1f} ± {r['score']['std']:.1f}"),
         line("C training wall time (s)", lambda r: f"{r['controller']['seconds']:.0f}"),
         line("random policy (same episodes)", lambda r: f"{r['random_score']['mean']:.1f} ± {r['random_score']['std']:.1f}"),
+    ]
+    dream = result.get("dream_controller_settings")
+    if dream:
+        episodes = next(iter(rows.values()))["dream_controller"]["score"]["episodes"]
+        lines += [
+            line(f"**dream-trained** z_h C: real-env score (mean ± std, {episodes} ep.)",
+                 lambda r: f"{r['dream_controller']['score']['mean']:.1f} ± {r['dream_controller']['score']['std']:.1f}"),
+            line("dream-trained z_h C: best mean score in the dream",
+                 lambda r: f"{r['dream_controller']['best_dream_eval']:.1f}"),
+            line("dream-trained C training wall time (s)", lambda r: f"{r['dream_controller']['seconds']:.0f}"),
+        ]
+    cap = result.get("train_max_episode_steps", result["settings"].get("train_max_episode_steps"))
+    lines += [
         "",
         f"- Held-out: the first {rows[names[0]]['held_out']['sequences']} encoded sequences "
         f"({rows[names[0]]['held_out']['transitions']} in-episode transitions), never trained on, z = μ; "
@@ -343,8 +421,12 @@ def markdown_table(result: dict) -> str:
         f"- Speeds: compiled and warmed up first, then {result['settings']['speed_repeats']} timed calls per arm, "
         f"alternating between the arms; load average {result['loadavg_speeds']} after timing.",
         f"- C: CMA-ES in the real env, population {es['population']}, {es['rollouts']} rollouts, "
-        f"{es['generations']} generations, episodes capped at {result['settings']['train_max_episode_steps']} "
+        f"{es['generations']} generations, episodes capped at {cap or 'the env limit of'} "
         f"steps in training; the best evaluated mean is scored over full episodes.",
+        *([f"- Dream-trained C: CMA-ES inside each arm's own M at temperature {dream['temperature']}, population "
+           f"{dream['es']['population']}, {dream['es']['rollouts']} rollouts, {dream['es']['generations']} "
+           f"generations, the preset's settings; kept by its dream score alone, then scored in the real env."]
+          if dream else []),
         f"- Shared stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["shared_stage_seconds"].items()) + ".",
         f"- Total time of all stages (what a fresh run takes, less start-up): {result['stage_seconds_total']:.0f} s; "
         f"speed measurements {result['speeds_s']:.0f} s.",
