@@ -30,6 +30,18 @@ def test_cma_es_maximises_fitness():
     assert es_state_is_finite(state)
 
 
+@pytest.mark.parametrize("strategy", ["CMA_ES", "Sep_CMA_ES", "SNES", "Open_ES"])
+def test_the_initial_state_has_the_types_of_a_chunk_s_output_so_a_chunk_compiles_once(strategy):
+    """evosax's init leaves weakly typed fields; fed back, a chunk's output would make the jit compile again."""
+    cfg = ESConfig(strategy=strategy, population=8, sigma_init=0.5, l2_coef=0.0)
+    init, run_chunk, _ = make_evolution(lambda p, k: -jnp.sum(jnp.square(p["x"]), axis=1), {"x": jnp.zeros(3)}, cfg)
+    state = init(jax.random.PRNGKey(0))
+    after, _ = run_chunk(state, 2)
+    assert jax.tree.map(jax.typeof, state) == jax.tree.map(jax.typeof, after)
+    run_chunk(after, 2)
+    assert run_chunk._cache_size() == 1
+
+
 @pytest.mark.parametrize("strategy", ["Sep_CMA_ES", "SNES", "Open_ES"])
 def test_other_strategies_by_name_improve(strategy):
     def fitness(population, key):

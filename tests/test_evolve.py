@@ -138,6 +138,19 @@ def test_l2_penalty_and_sign_with_a_known_optimum():
     assert float(evaluation["best_eval"]) >= float(evaluation["eval_mean"]) - 1e-6
 
 
+@pytest.mark.parametrize("strategy", ["CMA_ES", "Open_ES"])
+def test_the_engine_s_initial_state_has_the_types_of_its_output_so_it_compiles_once(strategy):
+    problem = FunctionProblem(lambda p: -jnp.sum(jnp.square(p["x"] - 1.0)), {"x": jnp.zeros(3)})
+    engine = make_engine(problem, _small_es(strategy=strategy, population=8, sigma_init=0.5, eval_every=2, rollouts=1,
+                                            eval_episodes=1))
+    state = engine.init()
+    types = jax.tree.map(jax.typeof, state)
+    after, _, _ = engine.run_chunk(state, 2)  # donates `state`
+    assert jax.tree.map(jax.typeof, after) == types
+    engine.run_chunk(after, 2)
+    assert engine.run_chunk._cache_size() == 1
+
+
 # ------------------------------------------------------------------------------------------- chunking and sharding
 def test_chunked_population_equals_unchunked():
     es = _small_es(population=16)

@@ -101,6 +101,21 @@ class EvoState:
     generation: jax.Array
 
 
+def strong_types(tree):
+    """The same arrays without JAX's weak types.
+
+    evosax's `init` leaves some fields weakly typed (`jnp.full(..., jnp.inf)`) and `tell` returns them strongly
+    typed, or the other way round (Open_ES's std). A jitted generation loop fed the init state and then its own
+    output would compile twice (the second time on the second call, inside whatever the caller is timing). Call
+    this on every initial ES state and on the state a jitted loop returns.
+    """
+    def strong(x):
+        dtype = jnp.result_type(x)
+        return x if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) else jnp.asarray(x, dtype)
+
+    return jax.tree.map(strong, tree)
+
+
 def mean_sq(tree) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     total = sum(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))) for x in leaves)
@@ -115,7 +130,7 @@ def make_evolution(fitness_fn: Callable, template, config: ESConfig, x0=None):
 
     def init(key: jax.Array) -> EvoState:
         key_init, key_run = jax.random.split(key)
-        return EvoState(strategy.init(key_init, x0, es_params), key_run, jnp.zeros((), jnp.int32))
+        return strong_types(EvoState(strategy.init(key_init, x0, es_params), key_run, jnp.zeros((), jnp.int32)))
 
     def generation(state: EvoState, _):
         key, key_ask, key_fit, key_tell = jax.random.split(state.key, 4)
@@ -136,7 +151,8 @@ def make_evolution(fitness_fn: Callable, template, config: ESConfig, x0=None):
         return EvoState(es_state, key, state.generation + 1), metrics
 
     def run_chunk(state: EvoState, generations: int):
-        return jax.lax.scan(generation, state, None, length=generations)
+        state, metrics = jax.lax.scan(generation, state, None, length=generations)
+        return strong_types(state), metrics  # some strategies' tell returns weak types (Open_ES's std)
 
     def mean_params(state: EvoState):
         return strategy.get_mean(state.es_state)

@@ -42,7 +42,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from worldmodels_jax.errors import CheckpointError, ConfigError, EnvError, NonFiniteError
-from worldmodels_jax.evolution import WORST_FITNESS, ESConfig, es_state_is_finite, make_strategy, mean_sq
+from worldmodels_jax.evolution import (WORST_FITNESS, ESConfig, es_state_is_finite, make_strategy, mean_sq,
+                                      strong_types)
 
 AXIS = "pop"
 STAGE = "evolve"
@@ -431,8 +432,9 @@ def make_engine(problem, es: ESConfig, config: EvolveConfig = EvolveConfig(), me
     def init() -> EngineState:
         key_init, key_run = jax.random.split(jax.random.PRNGKey(config.seed))
         es_state = strategy.init(key_init, x0, es_params)
-        return EngineState(es_state, problem.init_state(), key_run, jnp.zeros((), jnp.int32),
-                           jnp.asarray(-jnp.inf, jnp.float32), x0)
+        # strong types: the state fed back from run_chunk must not trigger a second compile
+        return strong_types(EngineState(es_state, problem.init_state(), key_run, jnp.zeros((), jnp.int32),
+                                        jnp.asarray(-jnp.inf, jnp.float32), x0))
 
     member_ids = jnp.arange(es.population)
 
@@ -459,7 +461,8 @@ def make_engine(problem, es: ESConfig, config: EvolveConfig = EvolveConfig(), me
         return state.replace(es_state=es_state, problem_state=pstate, key=key, generation=state.generation + 1), metrics
 
     def run_generations(state: EngineState, generations: int):
-        return jax.lax.scan(generation, state, None, length=generations)
+        state, metrics = jax.lax.scan(generation, state, None, length=generations)
+        return strong_types(state), metrics
 
     def run_chunk(state: EngineState, generations: int):
         state, metrics = run_generations(state, generations)
