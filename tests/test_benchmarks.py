@@ -163,12 +163,19 @@ def test_suite_toy_writes_json_markdown_and_plots(tmp_path, monkeypatch):
         pass
     lengths = runs["scaling"]["result"]["episode_length"]["rows"]
     assert all(_positive_finite(row["seconds_per_call"]) for row in lengths.values())
+    devices = runs["scaling"]["result"]["devices"]["rows"]
+    assert sorted(int(n) for n in devices) == [1, 2]
+    for n, row in devices.items():
+        assert row["mesh"] == [int(n)] and _positive_finite(row["seconds_per_generation"])
+        assert row["same_returns_as_one_device"], row  # the sharded engine gives 1 device's results
 
     text = markdown.read_text()
     for heading in ("## matmul", "## cartpole_env", "## dream", "## scaling", "## broken"):
         assert heading in text
     assert "**FAILED**" in text and "numpy per-agent loop" in text and json_path.name in text
     assert record["plots"] and all(Path(p).exists() and Path(p).stat().st_size > 0 for p in record["plots"])
+    assert any(Path(p).name.endswith("_devices.png") for p in record["plots"])
+    assert "simulated CPU device(s)" in text
 
 
 def test_every_registered_benchmark_module_imports():
