@@ -33,6 +33,8 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -154,12 +156,21 @@ def sb3_time_to_threshold(seed: int, eval_every: int, max_steps: int):
     }
 
 
-def seed_scaling(num_seeds: int, config: dqn.DQNConfig, variant: str = "default"):
-    """Compile and run time of the whole `train` for 1 seed and for `num_seeds` vmapped seeds."""
+def seed_scaling(num_seeds: int, config: dqn.DQNConfig, variant: str = "default", shard: bool = False):
+    """Compile and run time of the whole `train` for 1 seed and for `num_seeds` vmapped seeds.
+
+    With `shard`, the vmapped seeds are split over all of this process's devices (a `Mesh` over the seed axis;
+    jit partitions the vmapped program), while the single seed runs on one device as before.
+    """
     train = dqn.make_train(config)
-    out = {}
+    out = {"devices": jax.device_count() if shard else 1}
     for n in (1, num_seeds):
         keys = jax.random.split(jax.random.key(0, impl=VARIANTS[variant]["prng_impl"]), n)
+        if shard and n > 1:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.array(jax.devices()), ("seeds",))
+            keys = jax.device_put(keys, NamedSharding(mesh, PartitionSpec("seeds")))
         load_before = _load()
         start = time.perf_counter()
         compiled = jax.jit(jax.vmap(train)).lower(keys).compile(compiler_options=VARIANTS[variant]["compiler_options"])
@@ -175,6 +186,29 @@ def seed_scaling(num_seeds: int, config: dqn.DQNConfig, variant: str = "default"
     out["ratio_total"] = out[num_seeds]["total_s"] / out[1]["total_s"]
     out["env_steps_per_seed"] = config.total_steps
     return out
+
+
+def seed_scaling_over_cores(num_seeds: int, total_steps: int, timeout: int = 900) -> dict:
+    """`seed_scaling(shard=True)` in a fresh process with one simulated CPU device per core
+    (`--xla_force_host_platform_device_count`, fixed when jax starts): XLA runs each device's share of the
+    seeds on a thread of its own, so the vmapped seeds use every core."""
+    cores = os.cpu_count() or 1
+    code = (
+        "import dataclasses, json, sys; sys.path.insert(0, 'benchmarks'); import bench_dqn; "
+        "from worldmodels_jax.rl import dqn; "
+        f"cfg = dataclasses.replace(dqn.PRESETS['cartpole-fast'], total_steps={total_steps}, num_evals=5, "
+        "eval_episodes=20, test_episodes=20); "
+        f"print('RESULT' + json.dumps(bench_dqn.seed_scaling({num_seeds}, cfg, 'default', shard=True), default=str))"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={cores}".strip())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0 or "RESULT" not in proc.stdout:
+        return {"error": proc.stderr[-2000:]}
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    return {int(k) if k.isdigit() else k: v for k, v in result.items()}
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] | None = None) -> dict:
@@ -211,6 +245,9 @@ def run(quick: bool = False, seeds: tuple[int, ...] | None = None) -> dict:
     scaling_config = dataclasses.replace(dqn.PRESETS[preset], total_steps=20_000 if quick else 50_000,
                                          num_evals=5, eval_episodes=20, test_episodes=20)
     result["seed_scaling"] = {v: seed_scaling(NUM_SEEDS_SCALED, scaling_config, v) for v in VARIANTS}
+    if (os.cpu_count() or 1) > 1:
+        result["seed_scaling"]["default_over_cores"] = seed_scaling_over_cores(NUM_SEEDS_SCALED,
+                                                                               scaling_config.total_steps)
     return result
 
 
@@ -233,6 +270,9 @@ def format_result(result: dict) -> str:
                      f"goal <= 0.2)")
     n = NUM_SEEDS_SCALED
     for variant, sc in result["seed_scaling"].items():
+        if "error" in sc:
+            lines.append(f"seed scaling, {variant}: failed: {sc['error'][-300:]}")
+            continue
         lines.append(f"seed scaling, {variant} ({sc['env_steps_per_seed']} env steps per seed): 1 seed "
                      f"{sc[1]['compile_s']:.1f} s compile + {sc[1]['run_s']:.1f} s run; {n} seeds {sc[n]['compile_s']:.1f} s"
                      f" + {sc[n]['run_s']:.1f} s; ratio total {sc['ratio_total']:.2f}, run only {sc['ratio_run']:.2f} "

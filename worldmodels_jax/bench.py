@@ -352,6 +352,11 @@ def _rows(name: str, r: dict) -> tuple[list[str], list[list[str]]]:
                          f"SB3 DQN {_fmt(m['median_sb3_s'], 's')}", _ratio(m["median_ratio"]) + " (goal ≤ 0.2×)"])
         scaling = r.get("seed_scaling", {})
         for variant, sc in (scaling.items() if "ratio_total" not in scaling else [("default", scaling)]):
+            if "error" in sc:
+                rows.append([f"vmapped seeds, {variant}", "**FAILED**", "—", "—"])
+                continue
+            if sc.get("devices", 1) > 1:
+                variant = f"{variant} (the seeds split over {sc['devices']} simulated CPU devices, one per core)"
             n = max(int(k) for k in sc if str(k).isdigit())
             one, many = sc.get(1, sc.get("1", {})), sc.get(n, sc.get(str(n), {}))
             rows.append([f"{n} vmapped seeds, compile + run ({sc.get('env_steps_per_seed')} steps each), {variant}",
@@ -390,8 +395,10 @@ NOTES = {
     "dqn": "Goals (issue 5): our wall-clock to a 20-episode greedy mean of 475, compile included, ≤ 1/5 of SB3 DQN's "
            "(RL Zoo CartPole-v1 hyperparameters, 1 torch thread), measured side by side in one process with the seeds "
            "interleaved; and 8 vmapped seeds ≤ 2× one seed. `default`: threefry keys, XLA's default optimisation; "
-           "`fast_compile`: the same programs with `unsafe_rbg` keys and LLVM opt level 1 (less to compile). Per-seed "
-           "load averages are in the JSON.",
+           "`fast_compile`: the same programs with `unsafe_rbg` keys and LLVM opt level 1 (less to compile); "
+           "`default_over_cores`: the 8 vmapped seeds split over one simulated CPU device per core "
+           "(`--xla_force_host_platform_device_count`, a fresh process), so that they use every core, while the "
+           "single seed runs on one device. Per-seed load averages are in the JSON.",
     "dream": "Goals (issue 4): ≥ 30× the numpy loop at population 256; ≥ 50% of the matmul peak measured in the "
              "same run. `package` is the code path `wmj` trains in (DreamEnv + Agent + population_returns); "
              "`fused` is a benchmark-only variant that shows the headroom; `matmul_bound` (when present) is not a "
