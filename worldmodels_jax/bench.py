@@ -488,11 +488,17 @@ def write_plots(record: dict, out: Path, stamp: str) -> list[Path]:
             envs["TakeCover (pixels)"] = {int(n): row["steps_per_s"] for n, row in r.get("pixels", {}).items()}
         else:
             envs["CarRacing (pixels)"] = {int(n): v for n, v in r[key].items()}
+    anchors = {"gymnasium CartPole-v1 (state obs, 1 process)":
+               _get(record, "benchmarks", "cartpole_env", "result", "gymnasium_cartpole_v1_state_steps_per_s"),
+               "gymnasium CarRacing-v3 (1 process)":
+               _get(record, "benchmarks", "carracing_env", "result", "gymnasium_carracing_v3_steps_per_s")}
     if envs:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, rows in envs.items():
+        for i, (label, rows) in enumerate(envs.items()):
             ns = sorted(rows)
-            ax.plot(ns, [rows[n] for n in ns], "o-", label=label)
+            ax.plot(ns, [rows[n] for n in ns], "o-", label=label, color=f"C{i}")
+        for j, (label, value) in enumerate((k, v) for k, v in anchors.items() if v):
+            ax.axhline(value, ls="--", lw=1, color=f"C{len(envs) + j}", label=f"anchor: {label}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("parallel environments")
