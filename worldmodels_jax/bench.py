@@ -450,6 +450,19 @@ def write_markdown(record: dict, path: Path, json_name: str, plots: list[str]) -
 
 
 # ------------------------------------------------------------------------------------------ plots
+def _finish_plot(fig, ax, path: Path, legend: dict | None = None) -> Path:
+    """Grid, legend (with these options; None: no legend), layout; saves `path` and closes the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    if legend is not None:
+        ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(record: dict, out: Path, stamp: str) -> list[Path]:
     import matplotlib
 
@@ -470,12 +483,7 @@ def write_plots(record: dict, out: Path, stamp: str) -> list[Path]:
         ax.set_xlabel("population")
         ax.set_ylabel("dream steps/s")
         ax.set_title(f"Dream (LSTM {dream['sizes']['hidden']}, K 5, z 32) vs the original's loop")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths.append(out / f"{stamp}_dream_scaling.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish_plot(fig, ax, out / f"{stamp}_dream_scaling.png", legend={}))
     envs = {}
     for name, key in (("cartpole_env", None), ("takecover_env", "pixels"), ("carracing_env", "ours_steps_per_s")):
         r = _get(record, "benchmarks", name, "result")
@@ -504,12 +512,7 @@ def write_plots(record: dict, out: Path, stamp: str) -> list[Path]:
         ax.set_xlabel("parallel environments")
         ax.set_ylabel("steps/s")
         ax.set_title("Environment throughput")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / f"{stamp}_env_scaling.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish_plot(fig, ax, out / f"{stamp}_env_scaling.png", legend={"fontsize": 8}))
     scaling = _get(record, "benchmarks", "scaling", "result")
     if scaling:
         rows = scaling["episode_length"]["rows"]
@@ -520,11 +523,7 @@ def write_plots(record: dict, out: Path, stamp: str) -> list[Path]:
         ax.set_xlabel("episode length (steps)")
         ax.set_ylabel("seconds per population rollout")
         ax.set_title(f"Dream cost vs episode length, population {scaling['episode_length']['population']}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(out / f"{stamp}_episode_length.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish_plot(fig, ax, out / f"{stamp}_episode_length.png", legend=None))
         devices = scaling.get("devices")
         if isinstance(devices, dict) and devices.get("rows"):
             counts = sorted(int(k) for k in devices["rows"])
@@ -538,12 +537,7 @@ def write_plots(record: dict, out: Path, stamp: str) -> list[Path]:
             ax.set_xlabel(f"simulated CPU devices (sharing {devices.get('cpu_count')} cores)")
             ax.set_ylabel("seconds per generation")
             ax.set_title(f"Neuroevolution, CartPole, population {devices['population']}, same work at every N")
-            ax.grid(alpha=0.3)
-            ax.legend()
-            fig.tight_layout()
-            paths.append(out / f"{stamp}_devices.png")
-            fig.savefig(paths[-1], dpi=110)
-            plt.close(fig)
+            paths.append(_finish_plot(fig, ax, out / f"{stamp}_devices.png", legend={}))
     return paths
 
 
