@@ -21,13 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from worldmodels_jax.bench import run_on_cpu_devices
 
 _CHILD = """
 import json, statistics, sys, time
@@ -62,15 +58,9 @@ print("RESULT" + json.dumps({{"devices": devices, "mesh": list(engine.mesh.devic
 def run_one(devices: int, population: int, generations: int, repeats: int, steps: int = 500,
             timeout: int = 900) -> dict:
     """One device count, in a fresh process."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip())
     code = textwrap.dedent(_CHILD.format(devices=devices, population=population, generations=generations,
                                          repeats=repeats, steps=steps))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0 or "RESULT" not in proc.stdout:
-        raise RuntimeError(f"the {devices}-device run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.split("RESULT", 1)[1])
+    return run_on_cpu_devices(code, devices, timeout)
 
 
 def run(quick: bool = True, toy: bool = False) -> dict:

@@ -33,13 +33,12 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 
+from worldmodels_jax.bench import run_on_cpu_devices
 from worldmodels_jax.rl import dqn
 
 THRESHOLD = 475.0
@@ -200,14 +199,10 @@ def seed_scaling_over_cores(num_seeds: int, total_steps: int, timeout: int = 900
         "eval_episodes=20, test_episodes=20); "
         f"print('RESULT' + json.dumps(bench_dqn.seed_scaling({num_seeds}, cfg, 'default', shard=True), default=str))"
     )
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={cores}".strip())
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0 or "RESULT" not in proc.stdout:
-        return {"error": proc.stderr[-2000:]}
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    try:
+        result = run_on_cpu_devices(code, cores, timeout)
+    except RuntimeError as err:
+        return {"error": str(err)[-2000:]}
     return {int(k) if k.isdigit() else k: v for k, v in result.items()}
 
 

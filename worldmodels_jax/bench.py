@@ -39,6 +39,21 @@ def _benchmarks_module(name: str):
     return importlib.import_module(f"benchmarks.{name}")
 
 
+def run_on_cpu_devices(code: str, devices: int, timeout: int = 900) -> dict:
+    """Runs Python `code` in a fresh process with `devices` simulated CPU devices and returns the JSON it prints
+    after 'RESULT'. The device count is fixed when jax starts, hence the process. RuntimeError if it fails."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0 or "RESULT" not in proc.stdout:
+        raise RuntimeError(f"the run on {devices} simulated CPU devices failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
 # ------------------------------------------------------------------------------------------ pixel CartPole
 def bench_cartpole(quick: bool = False, toy: bool = False) -> dict:
     """Our pixel CartPole (64×64×3 frames) and gymnax CartPole-v1 (state) at 1..4096 envs vs gymnasium CartPole-v1.
