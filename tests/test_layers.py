@@ -129,8 +129,9 @@ def test_every_transpose_formulation(fn, h, w, cin, cout, k):
     _assert_close(jax.jit(fn)(x, kernel), L.conv_transpose_s2_xla(x, kernel))
 
 
-@pytest.mark.parametrize("fn", [L.conv_s2_im2col, L.conv_s2_s2d, L.conv_s2_s2d_im2col, L.conv_s2_fast],
-                         ids=["im2col", "s2d-conv", "s2d-im2col", "fast"])
+@pytest.mark.parametrize("fn", [L.conv_s2_im2col, L.conv_s2_s2d, L.conv_s2_s2d_im2col, L.conv_s2_s2d_col2im,
+                                L.conv_s2_fast],
+                         ids=["im2col", "s2d-conv", "s2d-im2col", "s2d-col2im", "fast"])
 @pytest.mark.parametrize("h,w,cin,cout,k", [(31, 31, 4, 5, 4), (10, 9, 3, 2, 2), (9, 12, 2, 3, 4)])
 def test_every_conv_formulation(fn, h, w, cin, cout, k):
     x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, h, w, cin))

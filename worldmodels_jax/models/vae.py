@@ -160,6 +160,17 @@ class ConvVAE(nn.Module):
         z = sample_z(key, mu, logvar)
         return self.decode(z), mu, logvar, z
 
+    def reconstruct(self, images: jax.Array, noise: jax.Array):
+        """Reconstruction with z = μ + σ·noise for given standard-normal `noise` [..., z]: (reconstruction, μ, log σ², z).
+
+        `__call__(images, key)` equals `reconstruct(images, jax.random.normal(key, (*batch, z_size)))`.
+        """
+        mu, logvar = self.encode(images)
+        if noise.shape != mu.shape:
+            raise ShapeError(f"reconstruct needs noise shaped like μ {tuple(mu.shape)}, got {tuple(noise.shape)}")
+        z = mu + jnp.exp(0.5 * logvar) * noise
+        return self.decode(z), mu, logvar, z
+
 
 def sample_z(key: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """z = μ + σ·ε with σ = exp(log σ² / 2)."""
