@@ -9,6 +9,7 @@ from scipy import stats
 from worldmodels_jax.errors import ConfigError, ShapeError
 from worldmodels_jax.models.controller import (ActionMapping, Controller, ControllerConfig, action_mapping_for,
                                                init_controller)
+from worldmodels_jax.models import mdnrnn as mdnrnn_module
 from worldmodels_jax.models.mdnrnn import (MDNRNN, LSTMCarry, MDNOutput, MDNRNNConfig, done_loss, init_mdnrnn,
                                            mdn_log_prob, mdn_nll, mdn_sample)
 from worldmodels_jax.models.vae import (ConvVAE, VAEConfig, for_inference, init_vae, kl_divergence, param_count,
@@ -250,6 +251,49 @@ def test_lstm_sequence_gradients_equal_autodiff_of_the_step_loop(key):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
     # the initial carry's gradient reaches sequence 0 only before its reset: not zero, and finite everywhere
     assert np.all(np.isfinite(np.asarray(grads[1].h))) and np.abs(np.asarray(grads[1].h)).sum() > 0
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1024])
+@pytest.mark.parametrize("heads", [(False, False), (True, True)])
+def test_observe_nll_equals_observe_then_mdn_nll(key, monkeypatch, chunk_rows, heads):
+    """The fused training loss: same NLL, reward and done outputs, and same gradients for every parameter as
+    observe + mdn_nll, with a mask, resets, and row chunks that do (7) and do not (1024) need padding."""
+    monkeypatch.setattr(mdnrnn_module, "FUSED_CHUNK_ROWS", chunk_rows)
+    cfg = MDNRNNConfig(z_size=3, action_size=2, hidden_size=8, num_mixtures=4, reward_head=heads[0],
+                       done_head=heads[1])
+    model = MDNRNN(cfg)
+    params = init_mdnrnn(key, cfg)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    z, a, z_next = jax.random.normal(k1, (3, 9, 3)), jax.random.normal(k2, (3, 9, 2)), jax.random.normal(k3, (3, 9, 3))
+    reset = jnp.zeros((3, 9), bool).at[:, 0].set(True).at[1, 5].set(True)
+    mask = jax.random.bernoulli(k4, 0.7, (3, 9))
+
+    def reference(params):
+        out, _, _ = model.apply({"params": params}, z, a, reset, method=MDNRNN.observe)
+        return mdn_nll(out, z_next, mask) + jnp.sum(out.reward * 0.2) + jnp.sum(jnp.tanh(out.done_logit) * 0.1)
+
+    def fused(params):
+        nll, reward, done_logit = model.apply({"params": params}, z, a, reset, z_next, mask, method=MDNRNN.observe_nll)
+        return nll + jnp.sum(reward * 0.2) + jnp.sum(jnp.tanh(done_logit) * 0.1)
+
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(reference))(params)
+    value, grads = jax.jit(jax.value_and_grad(fused))(params)
+    assert float(value) == pytest.approx(float(ref_value), rel=1e-5)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # Without a gradient (evaluation) the primal path gives the same value; no mask is mdn_nll's plain mean.
+    out, _, _ = model.apply({"params": params}, z, a, reset, method=MDNRNN.observe)
+    plain = model.apply({"params": params}, z, a, reset, z_next, method=MDNRNN.observe_nll)[0]
+    assert float(plain) == pytest.approx(float(mdn_nll(out, z_next)), rel=1e-5)
+
+
+def test_observe_nll_rejects_mismatched_targets(key):
+    cfg = MDNRNNConfig(z_size=3, action_size=2, hidden_size=8, num_mixtures=2)
+    params = init_mdnrnn(key, cfg)
+    with pytest.raises(ShapeError, match="z_next"):
+        MDNRNN(cfg).apply({"params": params}, jnp.zeros((2, 5, 3)), jnp.zeros((2, 5, 2)), jnp.zeros((2, 5), bool),
+                          jnp.zeros((2, 4, 3)), method=MDNRNN.observe_nll)
 
 
 def test_lstm_cell_matches_numpy_reference(key):

@@ -12,6 +12,7 @@ the Doom configuration (z 64, action 1 + restart flag, LSTM 512, K 5, done head)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -96,52 +97,62 @@ def reset_carry(carry: LSTMCarry, reset: jax.Array) -> LSTMCarry:
     return LSTMCarry(h=carry.h * keep, c=carry.c * keep)
 
 
-def lstm_sequence(w_h: jax.Array, carry: LSTMCarry, x_projection: jax.Array, reset: jax.Array):
-    """`lstm_cell` scanned over time-major inputs: x_projection [T, B, 4H], reset [T, B] → (final carry, hs [T, B, H]).
+def lstm_sequence(
+    w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: LSTMCarry, inputs: jax.Array, reset: jax.Array
+):
+    """`lstm_cell` scanned over time-major inputs [T, B, I] with resets [T, B] → (final carry, hs [T, B, H]).
 
-    Equal to scanning `lstm_cell(w_h, reset_carry(carry, reset_t), x_t)`, with a hand-written backward pass:
-    the reverse scan carries only dh and dc and emits each step's gate gradients, and dW_h is then one
-    [H, T·B] × [T·B, 4H] matmul after the loop (autodiff would accumulate T small matmuls inside it).
+    Equal to scanning `lstm_cell(w_h, reset_carry(carry, reset_t), inputs_t @ w_x + b)`. Each step does one
+    matmul, [inputs_t, h] @ [w_x; w_h], so no [T, B, 4H] projection of the whole sequence is ever stored. The
+    backward pass is written by hand: the reverse scan carries only dh and dc and emits each step's gate
+    gradients, and the weights' gradient is then ONE [I + H, T·B] × [T·B, 4H] matmul after the loop (autodiff
+    would accumulate T small matmuls inside it, and store a zero cotangent of the projection).
     """
-    keep = (1.0 - reset.astype(x_projection.dtype))[..., None]
-    hs, h, c = _lstm_sequence(w_h, carry.h, carry.c, x_projection, keep)
+    if inputs.shape[-1] != w_x.shape[0] or inputs.shape[:2] != reset.shape:
+        raise ShapeError(f"lstm_sequence: inputs {tuple(inputs.shape)} must be [T, B, {w_x.shape[0]}] with resets "
+                         f"[T, B], got resets {tuple(reset.shape)}")
+    keep = (1.0 - reset.astype(inputs.dtype))[..., None]
+    hs, h, c = _lstm_sequence(w_x, w_h, b, carry.h, carry.c, inputs, keep)
     return LSTMCarry(h=h, c=c), hs
 
 
-def _lstm_sequence_forward(w_h, h0, c0, x_projection, keep):
-    def step(state, inputs):
+def _lstm_sequence_forward(w_x, w_h, b, h0, c0, inputs, keep):
+    weights = jnp.concatenate([w_x, w_h], axis=0)
+
+    def step(state, step_inputs):
         h, c = state
-        x_t, keep_t = inputs
+        x_t, keep_t = step_inputs
         h_in, c_in = h * keep_t, c * keep_t
-        i, j, f, o = jnp.split(x_t + h_in @ w_h, 4, axis=-1)
+        xh = jnp.concatenate([x_t, h_in], axis=-1)
+        i, j, f, o = jnp.split(xh @ weights + b, 4, axis=-1)
         si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + FORGET_BIAS), jax.nn.sigmoid(o)
         c_new = c_in * sf + si * tj
         tc = jnp.tanh(c_new)
         h_new = tc * so
-        return (h_new, c_new), (h_new, (h_in, c_in, si, tj, sf, so, tc))
+        return (h_new, c_new), (h_new, (xh, c_in, si, tj, sf, so, tc))
 
-    (h, c), (hs, residuals) = jax.lax.scan(step, (h0, c0), (x_projection, keep))
+    (h, c), (hs, residuals) = jax.lax.scan(step, (h0, c0), (inputs, keep))
     return (hs, h, c), residuals
 
 
 @jax.custom_vjp
-def _lstm_sequence(w_h, h0, c0, x_projection, keep):
-    return _lstm_sequence_forward(w_h, h0, c0, x_projection, keep)[0]
+def _lstm_sequence(w_x, w_h, b, h0, c0, inputs, keep):
+    return _lstm_sequence_forward(w_x, w_h, b, h0, c0, inputs, keep)[0]
 
 
-def _lstm_sequence_fwd(w_h, h0, c0, x_projection, keep):
-    outputs, residuals = _lstm_sequence_forward(w_h, h0, c0, x_projection, keep)
-    return outputs, (w_h, keep, residuals)
+def _lstm_sequence_fwd(w_x, w_h, b, h0, c0, inputs, keep):
+    outputs, residuals = _lstm_sequence_forward(w_x, w_h, b, h0, c0, inputs, keep)
+    return outputs, (w_h, keep, residuals, inputs)
 
 
 def _lstm_sequence_bwd(saved, cotangents):
-    w_h, keep, residuals = saved
+    w_h, keep, residuals, inputs = saved
     d_hs, d_h, d_c = cotangents
     w_h_transposed = w_h.T
 
-    def step(state, inputs):
+    def step(state, step_inputs):
         dh_next, dc_next = state
-        d_out, keep_t, (h_in, c_in, si, tj, sf, so, tc) = inputs
+        d_out, keep_t, (_, c_in, si, tj, sf, so, tc) = step_inputs
         dh = d_out + dh_next
         dc = dc_next + dh * so * (1.0 - tc * tc)
         d_gates = jnp.concatenate([
@@ -153,8 +164,11 @@ def _lstm_sequence_bwd(saved, cotangents):
         return ((d_gates @ w_h_transposed) * keep_t, dc * sf * keep_t), d_gates
 
     (dh0, dc0), d_gates = jax.lax.scan(step, (d_h, d_c), (d_hs, keep, residuals), reverse=True)
-    d_w_h = jnp.einsum("tbh,tbg->hg", residuals[0], d_gates)
-    return d_w_h, dh0, dc0, d_gates, jnp.zeros_like(keep)
+    d_weights = jnp.einsum("tbk,tbg->kg", residuals[0], d_gates)  # [x, h_in] stacked: [I + H, 4H]
+    num_inputs = inputs.shape[-1]
+    # The inputs are data (z and actions), never differentiated: their cotangent is zero.
+    return (d_weights[:num_inputs], d_weights[num_inputs:], jnp.sum(d_gates, axis=(0, 1)), dh0, dc0,
+            jnp.zeros_like(inputs), jnp.zeros_like(keep))
 
 
 _lstm_sequence.defvjp(_lstm_sequence_fwd, _lstm_sequence_bwd)
@@ -174,7 +188,9 @@ class MDNHead(nn.Module):
         extra = int(self.reward_head) + int(self.done_head)
         out = nn.Dense(z * k * 3 + extra, name="mdn_dense")(features)
         mixture = out[..., : z * k * 3].reshape((*features.shape[:-1], z, 3, k))
-        logits, mu, logsigma = mixture[..., 0, :], mixture[..., 1, :], mixture[..., 2, :]
+        # lax.split, not three strided slices: the transpose of a slice pads it to full size, so the gradient
+        # would be assembled from three full-size pads; split's transpose is one concatenate.
+        logits, mu, logsigma = (part[..., 0, :] for part in jax.lax.split(mixture, (1, 1, 1), axis=-2))
         zeros = jnp.zeros(features.shape[:-1], features.dtype)
         column = z * k * 3
         reward = out[..., column] if self.reward_head else zeros
@@ -235,18 +251,51 @@ class MDNRNN(nn.Module):
     def observe(self, z: jax.Array, action: jax.Array, reset: jax.Array, carry: LSTMCarry | None = None):
         """Teacher forcing over [B, T, ...] sequences → (MDNOutput [B, T, ...], features [B, T, H], final carry).
 
-        The input projection of all steps is one matmul outside the scan; the scan carries only
-        the recurrent matmul (`lstm_sequence`, whose backward pass leaves dW_h to one matmul after the loop).
+        `lstm_sequence` does one [z, a, h] @ [W_x; W_h] matmul per step, and its backward pass leaves the
+        weights' gradient to one matmul after the loop.
         """
         if z.ndim != 3:
             raise ShapeError(f"observe expects z [batch, time, z], got {tuple(z.shape)}")
         batch = z.shape[0]
         carry = self.initial_carry((batch,)) if carry is None else carry
-        # Time-major before the projection: swapping the 35-wide inputs is cheaper than the 4H-wide projection.
-        x_projection = jnp.swapaxes(self._inputs(z, action, reset), 0, 1) @ self.w_x + self.b  # [T, B, 4H]
-        final_carry, hs = lstm_sequence(self.w_h, carry, x_projection, jnp.swapaxes(reset, 0, 1))
+        # Time-major for the scan: swapping the 35-wide inputs is cheaper than any 4H- or H-wide array.
+        inputs = jnp.swapaxes(self._inputs(z, action, reset), 0, 1)
+        final_carry, hs = lstm_sequence(self.w_x, self.w_h, self.b, carry, inputs, jnp.swapaxes(reset, 0, 1))
         hs = jnp.swapaxes(hs, 0, 1)
         return self.head(hs), hs, final_carry
+
+    def observe_nll(
+        self, z: jax.Array, action: jax.Array, reset: jax.Array, z_next: jax.Array, mask: jax.Array | None = None,
+        carry: LSTMCarry | None = None,
+    ):
+        """Teacher-forcing loss for training: (mdn_nll(observe(...) mixture, z_next, mask), reward [B, T], done_logit [B, T]).
+
+        The same numbers as `observe` followed by `mdn_nll`, but the mixture head and its loss run time-major
+        through `fused_mixture_nll`, which never stores the [B, T, z, 3K] head output and computes its gradient
+        in cache-sized chunks of steps. The reward and done heads' outputs (zeros and -1e4 without those
+        heads) come back batch-major like `observe`'s.
+        """
+        if z.ndim != 3:
+            raise ShapeError(f"observe_nll expects z [batch, time, z], got {tuple(z.shape)}")
+        if z_next.shape != z.shape:
+            raise ShapeError(f"observe_nll needs z_next shaped like z {tuple(z.shape)}, got {tuple(z_next.shape)}")
+        cfg = self.config
+        carry = self.initial_carry((z.shape[0],)) if carry is None else carry
+        inputs = jnp.swapaxes(self._inputs(z, action, reset), 0, 1)
+        _, hs = lstm_sequence(self.w_x, self.w_h, self.b, carry, inputs, jnp.swapaxes(reset, 0, 1))  # [T, B, H]
+        head = self.variables["params"]["head"]["mdn_dense"]
+        columns = cfg.z_size * cfg.num_mixtures * 3
+        weights = jnp.ones(hs.shape[:2], hs.dtype) if mask is None else jnp.swapaxes(mask, 0, 1).astype(hs.dtype)
+        weights = weights / jnp.maximum(jnp.sum(weights), 1.0)
+        nll = fused_mixture_nll(
+            hs.reshape(-1, hs.shape[-1]), head["kernel"][:, :columns], head["bias"][:columns],
+            jnp.swapaxes(z_next, 0, 1).reshape(-1, cfg.z_size), weights.reshape(-1), cfg.num_mixtures,
+        )
+        extra = hs @ head["kernel"][:, columns:] + head["bias"][columns:]  # [T, B, reward?, done?]
+        zeros = jnp.zeros(z.shape[:2], z.dtype)
+        reward = jnp.swapaxes(extra[..., 0], 0, 1) if cfg.reward_head else zeros
+        done_logit = jnp.swapaxes(extra[..., int(cfg.reward_head)], 0, 1) if cfg.done_head else zeros - 1e4
+        return nll, reward, done_logit
 
     def __call__(self, z, action, reset):
         return self.observe(z, action, reset)
@@ -269,6 +318,82 @@ def mdn_nll(output: MDNOutput, z_next: jax.Array, mask: jax.Array | None = None)
         return jnp.mean(nll)
     mask = mask.astype(nll.dtype)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+FUSED_CHUNK_ROWS = 1024
+"""Rows (steps x sequences) per chunk of `fused_mixture_nll`: its [rows, z, 3K] temporaries stay in the CPU's
+cache (10 to 50 chunks of a 100 x 200 batch measured alike on the 2-core CPU)."""
+
+
+def _mixture_nll_rows(features, kernel, bias, z_next, row_weights, num_mixtures, with_gradient):
+    """Σ_n row_weights_n · mean_z(-log p(z_next_n)) over a block of rows and, if asked, d/d(head output)."""
+    z_size = z_next.shape[-1]
+    out = (features @ kernel + bias).reshape(*features.shape[:-1], z_size, 3, num_mixtures)
+    logits, mu, logsigma = (part[..., 0, :] for part in jax.lax.split(out, (1, 1, 1), axis=-2))
+    logpi = jax.nn.log_softmax(logits, axis=-1)
+    inv_sigma = jnp.exp(-logsigma)
+    u = (z_next[..., None] - mu) * inv_sigma
+    joint = logpi - 0.5 * u * u - logsigma - LOG_SQRT_2PI  # log π_k + log N(z | μ_k, σ_k)
+    log_prob = jax.scipy.special.logsumexp(joint, axis=-1, keepdims=True)
+    scale = (row_weights / z_size)[:, None, None]
+    nll = -jnp.sum(log_prob * scale)
+    if not with_gradient:
+        return nll, None
+    responsibility = jnp.exp(joint - log_prob)
+    # d(-log p)/d logits = π - r, d/dμ = -r·u/σ, d/d log σ = r·(1 - u²)
+    r = responsibility * scale
+    d_out = jnp.stack([jnp.exp(logpi) * scale - r, -r * u * inv_sigma, r * (1.0 - u * u)], axis=-2)
+    return nll, d_out.reshape(out.shape[0], -1)
+
+
+def _row_chunks(row_weights, *arrays):
+    """Pads rows to a multiple of the chunk size (padded rows weigh 0) and splits them [chunks, rows, ...]."""
+    rows = row_weights.shape[0]
+    chunk = min(FUSED_CHUNK_ROWS, rows)
+    padded = -(-rows // chunk) * chunk
+    pad = lambda x: jnp.pad(x, [(0, padded - rows)] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
+    return [pad(x).reshape(padded // chunk, chunk, *x.shape[1:]) for x in (row_weights, *arrays)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def fused_mixture_nll(features, kernel, bias, z_next, row_weights, num_mixtures):
+    """Σ_n row_weights_n · mean over z of -log p(z_next_n), p the mixture that `MDNHead` gives for features_n.
+
+    features [N, H], kernel [H, z·3·K] and bias [z·3·K] (the head's mixture columns), z_next [N, z],
+    row_weights [N] (1/N each for `mdn_nll`'s mean; masked rows 0). The gradient is worked out in the forward
+    pass, chunk by chunk of FUSED_CHUNK_ROWS rows: the head's output and the loss's temporaries never exist
+    at full size, and the backward pass only scales. z_next and row_weights are data (zero cotangents).
+    """
+    weights, feats, targets = _row_chunks(row_weights, features, z_next)
+
+    def chunk_nll_ordered(total, chunk):
+        w, f, t = chunk
+        return total + _mixture_nll_rows(f, kernel, bias, t, w, num_mixtures, False)[0], None
+
+    return jax.lax.scan(chunk_nll_ordered, jnp.zeros((), features.dtype), (weights, feats, targets))[0]
+
+
+def _fused_mixture_nll_fwd(features, kernel, bias, z_next, row_weights, num_mixtures):
+    weights, feats, targets = _row_chunks(row_weights, features, z_next)
+
+    def chunk(total, rows):
+        w, f, t = rows
+        nll, d_out = _mixture_nll_rows(f, kernel, bias, t, w, num_mixtures, True)
+        nll_sum, d_kernel, d_bias = total
+        return (nll_sum + nll, d_kernel + f.T @ d_out, d_bias + jnp.sum(d_out, axis=0)), d_out @ kernel.T
+
+    zeros = (jnp.zeros((), features.dtype), jnp.zeros_like(kernel), jnp.zeros_like(bias))
+    (nll, d_kernel, d_bias), d_features = jax.lax.scan(chunk, zeros, (weights, feats, targets))
+    d_features = d_features.reshape(-1, features.shape[-1])[: features.shape[0]]
+    return nll, (d_features, d_kernel, d_bias, z_next, row_weights)
+
+
+def _fused_mixture_nll_bwd(num_mixtures, saved, g):
+    d_features, d_kernel, d_bias, z_next, row_weights = saved
+    return g * d_features, g * d_kernel, g * d_bias, jnp.zeros_like(z_next), jnp.zeros_like(row_weights)
+
+
+fused_mixture_nll.defvjp(_fused_mixture_nll_fwd, _fused_mixture_nll_bwd)
 
 
 def done_loss(done_logit: jax.Array, done: jax.Array, pos_weight: float, mask: jax.Array | None = None):

@@ -112,16 +112,21 @@ def make_mdn_trainer(model, config: MDNTrainConfig):
         action = window.action[:, :-1]
         reset = window.first[:, :-1].at[:, 0].set(True)  # windows start from a fresh carry
         ended = window.terminated[:, :-1] | window.truncated[:, :-1]
-        output, _, _ = model.apply({"params": params}, inputs_z, action, reset, method="observe")
-        nll = mdn_nll(output, target_z, mask=~ended)  # z_{t+1} belongs to the same episode
+        if hasattr(model, "observe_nll"):  # the LSTM: mixture head and loss fused (same numbers, faster)
+            nll, reward, done_logit = model.apply({"params": params}, inputs_z, action, reset, target_z, ~ended,
+                                                  method="observe_nll")
+        else:
+            output, _, _ = model.apply({"params": params}, inputs_z, action, reset, method="observe")
+            nll = mdn_nll(output, target_z, mask=~ended)  # z_{t+1} belongs to the same episode
+            reward, done_logit = output.reward, output.done_logit
         metrics = {"nll": nll}
         loss = nll
         if model_config.done_head:
-            d_loss = done_loss(output.done_logit, window.terminated[:, :-1], config.done_pos_weight)
+            d_loss = done_loss(done_logit, window.terminated[:, :-1], config.done_pos_weight)
             loss = loss + d_loss
             metrics["done_loss"] = d_loss
         if model_config.reward_head:
-            r_loss = jnp.mean(jnp.square(output.reward - window.reward[:, :-1]))
+            r_loss = jnp.mean(jnp.square(reward - window.reward[:, :-1]))
             loss = loss + config.reward_weight * r_loss
             metrics["reward_loss"] = r_loss
         metrics["loss"] = loss
