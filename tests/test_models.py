@@ -219,9 +219,12 @@ def test_lstm_scan_matches_python_loop_with_resets(key, restart_input):
     assert not np.allclose(hs_changed[0, :4], hs[0, :4])
 
 
-def test_lstm_sequence_gradients_equal_autodiff_of_the_step_loop(key):
+@pytest.mark.parametrize("block", [4, 9, 16])
+def test_lstm_sequence_gradients_equal_autodiff_of_the_step_loop(key, monkeypatch, block):
     """observe's hand-written LSTM backward pass: every parameter's and the initial carry's gradient equals
-    autodiff through a Python loop of `step`, with resets mid-sequence and a non-zero initial carry."""
+    autodiff through a Python loop of `step`, with resets mid-sequence and a non-zero initial carry; for 9 steps
+    in blocks of 4 (a short first block), 9 and 16 (one block)."""
+    monkeypatch.setattr(mdnrnn_module, "BACKWARD_BLOCK", block)
     cfg = MDNRNNConfig(z_size=3, action_size=2, hidden_size=8, num_mixtures=2, restart_input=True)
     model = MDNRNN(cfg)
     params = init_mdnrnn(key, cfg)
