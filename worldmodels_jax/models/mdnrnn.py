@@ -347,24 +347,46 @@ cache (10 to 50 chunks of a 100 x 200 batch measured alike on the 2-core CPU).""
 
 
 def _mixture_nll_rows(features, kernel, bias, z_next, row_weights, num_mixtures, with_gradient):
-    """Σ_n row_weights_n · mean_z(-log p(z_next_n)) over a block of rows and, if asked, d/d(head output)."""
+    """Σ_n row_weights_n · mean_z(-log p(z_next_n)) over a block of rows and, if asked, d/d(head output).
+
+    `kernel` and `bias` are in the component-major column order (3, K, z) of `_component_major`: every
+    reduction over the K components is then an elementwise op over K rows of z contiguous numbers, which
+    vectorises (in the head's own (z, 3, K) order it runs along a minor axis of length K = 5).
+    """
     z_size = z_next.shape[-1]
-    out = (features @ kernel + bias).reshape(*features.shape[:-1], z_size, 3, num_mixtures)
-    logits, mu, logsigma = (part[..., 0, :] for part in jax.lax.split(out, (1, 1, 1), axis=-2))
-    logpi = jax.nn.log_softmax(logits, axis=-1)
+    out = (features @ kernel + bias).reshape(features.shape[0], 3, num_mixtures, z_size)
+    logits, mu, logsigma = (part[:, 0] for part in jax.lax.split(out, (1, 1, 1), axis=1))  # [rows, K, z]
+    # Stable softmax and log-sum-exp written out, so that each exponential is taken once and reused.
+    shifted = logits - jnp.max(logits, axis=1, keepdims=True)
+    weights = jnp.exp(shifted)
+    weights_sum = jnp.sum(weights, axis=1, keepdims=True)
     inv_sigma = jnp.exp(-logsigma)
-    u = (z_next[..., None] - mu) * inv_sigma
-    joint = logpi - 0.5 * u * u - logsigma - LOG_SQRT_2PI  # log π_k + log N(z | μ_k, σ_k)
-    log_prob = jax.scipy.special.logsumexp(joint, axis=-1, keepdims=True)
+    u = (z_next[:, None, :] - mu) * inv_sigma
+    joint = shifted - jnp.log(weights_sum) - 0.5 * u * u - logsigma  # log π_k + log N(z | μ_k, σ_k) + log √2π
+    joint_max = jnp.max(joint, axis=1, keepdims=True)
+    joint_exp = jnp.exp(joint - joint_max)
+    joint_sum = jnp.sum(joint_exp, axis=1, keepdims=True)
+    log_prob = joint_max + jnp.log(joint_sum) - LOG_SQRT_2PI  # [rows, 1, z]
     scale = (row_weights / z_size)[:, None, None]
     nll = -jnp.sum(log_prob * scale)
     if not with_gradient:
         return nll, None
-    responsibility = jnp.exp(joint - log_prob)
+    r = joint_exp * (scale / joint_sum)  # responsibilities, weighted
     # d(-log p)/d logits = π - r, d/dμ = -r·u/σ, d/d log σ = r·(1 - u²)
-    r = responsibility * scale
-    d_out = jnp.stack([jnp.exp(logpi) * scale - r, -r * u * inv_sigma, r * (1.0 - u * u)], axis=-2)
+    d_out = jnp.stack([weights * (scale / weights_sum) - r, -r * u * inv_sigma, r * (1.0 - u * u)], axis=1)
     return nll, d_out.reshape(out.shape[0], -1)
+
+
+def _component_major(columns: jax.Array, z_size: int, num_mixtures: int) -> jax.Array:
+    """The head's mixture columns (last axis) from MDNHead's (z, 3, K) order to (3, K, z)."""
+    lead = columns.shape[:-1]
+    return columns.reshape(*lead, z_size, 3, num_mixtures).swapaxes(-3, -1).swapaxes(-3, -2).reshape(*lead, -1)
+
+
+def _head_major(columns: jax.Array, z_size: int, num_mixtures: int) -> jax.Array:
+    """The inverse of `_component_major`: (3, K, z) back to (z, 3, K)."""
+    lead = columns.shape[:-1]
+    return columns.reshape(*lead, 3, num_mixtures, z_size).swapaxes(-3, -2).swapaxes(-3, -1).reshape(*lead, -1)
 
 
 def _row_chunks(row_weights, *arrays):
@@ -386,6 +408,8 @@ def fused_mixture_nll(features, kernel, bias, z_next, row_weights, num_mixtures)
     at full size, and the backward pass only scales. z_next and row_weights are data (zero cotangents).
     """
     weights, feats, targets = _row_chunks(row_weights, features, z_next)
+    z_size = z_next.shape[-1]
+    kernel, bias = (_component_major(x, z_size, num_mixtures) for x in (kernel, bias))
 
     def chunk_nll_ordered(total, chunk):
         w, f, t = chunk
@@ -396,6 +420,8 @@ def fused_mixture_nll(features, kernel, bias, z_next, row_weights, num_mixtures)
 
 def _fused_mixture_nll_fwd(features, kernel, bias, z_next, row_weights, num_mixtures):
     weights, feats, targets = _row_chunks(row_weights, features, z_next)
+    z_size = z_next.shape[-1]
+    kernel, bias = (_component_major(x, z_size, num_mixtures) for x in (kernel, bias))
 
     def chunk(total, rows):
         w, f, t = rows
@@ -406,6 +432,7 @@ def _fused_mixture_nll_fwd(features, kernel, bias, z_next, row_weights, num_mixt
     zeros = (jnp.zeros((), features.dtype), jnp.zeros_like(kernel), jnp.zeros_like(bias))
     (nll, d_kernel, d_bias), d_features = jax.lax.scan(chunk, zeros, (weights, feats, targets))
     d_features = d_features.reshape(-1, features.shape[-1])[: features.shape[0]]
+    d_kernel, d_bias = (_head_major(x, z_size, num_mixtures) for x in (d_kernel, d_bias))
     return nll, (d_features, d_kernel, d_bias, z_next, row_weights)
 
 
