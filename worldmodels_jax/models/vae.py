@@ -134,11 +134,7 @@ class ConvVAE(nn.Module):
         """images [..., 64, 64, 3] (uint8 or float in [0, 1]) → (μ, log σ²), each [..., z]."""
         check_images(images)
         batch_shape = images.shape[:-3]
-        x = to_float(images).reshape((-1, *IMAGE_SHAPE))
-        for conv in self.encoder_convs:
-            x = nn.relu(conv(x))
-        x = x.reshape((x.shape[0], -1))
-        mu, logvar = self.mu_head(x), self.logvar_head(x)
+        mu, logvar = self.encoder_heads(self.encoder_features(images.reshape((-1, *IMAGE_SHAPE))))
         return mu.reshape((*batch_shape, -1)), logvar.reshape((*batch_shape, -1))
 
     def decode(self, z: jax.Array) -> jax.Array:
@@ -146,13 +142,38 @@ class ConvVAE(nn.Module):
         if z.shape[-1] != self.config.z_size:
             raise ShapeError(f"decode expects z [..., {self.config.z_size}], got {tuple(z.shape)}")
         batch_shape = z.shape[:-1]
-        x = nn.relu(self.decoder_dense(z.reshape((-1, self.config.z_size))))
-        x = x.reshape((x.shape[0], 1, 1, self.config.decoder_dense))
+        x = self.decoder_images(self.decoder_grid(z.reshape((-1, self.config.z_size))))
+        return x.reshape((*batch_shape, *IMAGE_SHAPE))
+
+    # V in four stages, [B, ...] each: encode = encoder_heads ∘ encoder_features, decode = decoder_images ∘
+    # decoder_grid. The convolution stages hold the activations; the dense stages hold most of the parameters
+    # (the 1×1 → 5×5 transposed convolution is a dense layer with 3.3 M of them), so a micro-batched training
+    # step runs the former per micro-batch and the latter on the whole batch (`train.vae`).
+
+    def encoder_features(self, images: jax.Array) -> jax.Array:
+        """[B, 64, 64, 3] → the convolutions' features [B, 2·2·256] (flattened HWC)."""
+        x = to_float(images)
+        for conv in self.encoder_convs:
+            x = nn.relu(conv(x))
+        return x.reshape((x.shape[0], -1))
+
+    def encoder_heads(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[B, 1024] features → (μ, log σ²) [B, z]."""
+        return self.mu_head(features), self.logvar_head(features)
+
+    def decoder_grid(self, z: jax.Array) -> jax.Array:
+        """[B, z] → the first transposed convolution's output [B, 5, 5, decoder_widths[0]] (after its ReLU)."""
+        x = nn.relu(self.decoder_dense(z))
+        return nn.relu(self.decoder_convs[0](x.reshape((x.shape[0], 1, 1, self.config.decoder_dense))))
+
+    def decoder_images(self, grid: jax.Array) -> jax.Array:
+        """[B, 5, 5, C] → images [B, 64, 64, 3] in [0, 1] (the remaining transposed convolutions)."""
+        x = grid
         last = len(self.decoder_convs) - 1
-        for i, deconv in enumerate(self.decoder_convs):
+        for i, deconv in enumerate(self.decoder_convs[1:], start=1):
             x = deconv(x)
             x = nn.sigmoid(x) if i == last else nn.relu(x)
-        return x.reshape((*batch_shape, *IMAGE_SHAPE))
+        return x
 
     def __call__(self, images: jax.Array, key: jax.Array):
         """Reconstruction with a sampled z: returns (reconstruction, μ, log σ², z)."""

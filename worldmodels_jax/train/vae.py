@@ -10,7 +10,7 @@ import optax
 from flax import struct
 
 from worldmodels_jax.errors import ConfigError, ShapeError
-from worldmodels_jax.models.vae import IMAGE_SHAPE, ConvVAE, VAEConfig, init_vae, vae_loss
+from worldmodels_jax.models.vae import IMAGE_SHAPE, ConvVAE, VAEConfig, init_vae, kl_divergence, to_float, vae_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +24,11 @@ class VAETrainConfig:
     max_frames: int = 0
     """Train on at most this many frames per shard (0: all)."""
     microbatch: int = 0
-    """Frames per gradient micro-batch. A batch's gradient is the mean of its micro-batches' gradients, computed one
-    after another, so each one's activations stay in the CPU's caches: the same step (equal to float rounding),
-    not gradient accumulation over steps. 0: automatic (`resolve_microbatch`: 20 of 100 on the CPU backend, the
-    whole batch elsewhere); otherwise it must divide batch_size (batch_size: no split)."""
+    """Frames per micro-batch of V's convolution stages. The batch's gradient is the same (equal to float
+    rounding): the convolutions run micro-batch by micro-batch so their activations stay in the CPU's caches,
+    the dense stages on the whole batch (`make_vae_step`); it is not gradient accumulation over steps.
+    0: automatic (`resolve_microbatch`: 20 of 100 on the CPU backend, the whole batch elsewhere); otherwise it
+    must divide batch_size (batch_size: no split)."""
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -43,8 +44,9 @@ class VAETrainConfig:
 
 
 AUTO_MICROBATCH_CPU = 20
-"""Largest micro-batch the CPU backend uses automatically: at batch 100 the paper's V steps 1.15-1.2x faster in
-micro-batches of 20 than in one piece on the 2-core CPU (benchmarks/bench_vm_training.py)."""
+"""Largest micro-batch the CPU backend uses automatically: on the 2-core CPU the paper's V steps 1.18x faster at
+batch 100 in micro-batches of 20 (10 and 25 alike) than in one piece, and 1.16x at batch 64 in micro-batches of
+16 (8 and 32 slower); benchmarks/bench_vm_training.py."""
 
 
 def resolve_microbatch(batch_size: int, microbatch: int = 0, backend: str | None = None) -> int:
@@ -94,18 +96,61 @@ def make_vae_step(vae_config: VAEConfig, config: VAETrainConfig):
             raise ConfigError(f"train_vae.microbatch ({micro}) must divide the batch ({batch})")
         if micro == batch:
             return jax.grad(loss_fn, has_aux=True)(params, images, noise)
+        return microbatched_gradients(params, images, noise, micro)
+
+    def stage(name):
+        return lambda params, *args: model.apply({"params": params}, *args, method=name)
+
+    def microbatched_gradients(params, images, noise, micro):
+        """loss_fn's gradient and metrics, with V's convolution stages run micro-batch by micro-batch.
+
+        1. encoder convolutions, forward, per micro-batch (each one's pullback kept);
+        2. the dense stages (μ/log σ² heads, the KL term, the dense layer and the 1×1 → 5×5 transposed
+           convolution) on the whole batch, so their 3.4 M parameters are read once;
+        3. decoder convolutions and the reconstruction loss, forward and backward, per micro-batch (its
+           activations stay in cache);
+        4. the dense stages' backward, then the encoder's, per micro-batch.
+        """
+        batch = images.shape[0]
         pieces = batch // micro
         split = lambda x: x.reshape((pieces, micro, *x.shape[1:]))  # noqa: E731
+        tree_zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        tree_sum = lambda *trees: jax.tree.map(lambda *x: sum(x), *trees)  # noqa: E731
 
-        def accumulate(total, piece):
-            grads_and_metrics = jax.grad(loss_fn, has_aux=True)(params, *piece)
-            return jax.tree.map(jnp.add, total, grads_and_metrics), None
+        features, encoder_pullbacks = jax.lax.map(
+            lambda piece: jax.vjp(lambda p: stage("encoder_features")(p, piece), params), split(images))
 
-        zeros = jax.eval_shape(lambda: jax.grad(loss_fn, has_aux=True)(params, images[:micro], noise[:micro]))
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-        total, _ = jax.lax.scan(accumulate, zeros, (split(images), split(noise)))
-        # Every loss term is a mean over frames, so the batch's is the mean over equal micro-batches.
-        return jax.tree.map(lambda x: x / pieces, total)
+        def dense(params, features):
+            mu, logvar = stage("encoder_heads")(params, features)
+            kl = kl_divergence(mu, logvar)
+            kl_floored = jnp.mean(jnp.maximum(kl, vae_config.kl_tolerance * vae_config.z_size))
+            grid = stage("decoder_grid")(params, mu + jnp.exp(0.5 * logvar) * noise)
+            return (grid, kl_floored), jnp.mean(kl)
+
+        (grid, kl_floored), dense_pullback, kl = jax.vjp(dense, params, features.reshape(batch, -1), has_aux=True)
+
+        def decode_piece(total, piece):
+            grid_piece, target = piece
+
+            def reconstruction_loss(params, grid_piece):  # this piece's share of the batch mean
+                error = to_float(target) - stage("decoder_images")(params, grid_piece)
+                return jnp.sum(jnp.square(error)) / batch
+
+            loss, (d_params, d_grid) = jax.value_and_grad(reconstruction_loss, argnums=(0, 1))(params, grid_piece)
+            return tree_sum(total, (loss, d_params)), d_grid
+
+        (reconstruction, decoder_grads), d_grid = jax.lax.scan(
+            decode_piece, (jnp.zeros((), grid.dtype), tree_zeros()), (split(grid), split(images)))
+        dense_grads, d_features = dense_pullback((d_grid.reshape(grid.shape), jnp.ones((), grid.dtype)))
+
+        def encoder_backward(total, piece):
+            pullback, d_features_piece = piece
+            return tree_sum(total, pullback(d_features_piece)[0]), None
+
+        encoder_grads, _ = jax.lax.scan(encoder_backward, tree_zeros(), (encoder_pullbacks, split(d_features)))
+        metrics = {"loss": reconstruction + kl_floored, "reconstruction_loss": reconstruction, "kl": kl,
+                   "kl_floored": kl_floored}
+        return tree_sum(decoder_grads, dense_grads, encoder_grads), metrics
 
     def update(state: VAETrainState, images: jax.Array, key: jax.Array):
         noise = jax.random.normal(key, (images.shape[0], vae_config.z_size))
