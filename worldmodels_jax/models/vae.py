@@ -193,6 +193,16 @@ class ConvVAE(nn.Module):
         return self.decode(z), mu, logvar, z
 
 
+def stage_parameters(config: VAEConfig) -> dict[str, tuple[str, ...]]:
+    """The top-level parameter names each stage of `ConvVAE` reads (the four sets are disjoint)."""
+    return {
+        "encoder_features": tuple(f"enc_conv{i}" for i in range(len(config.encoder_widths))),
+        "encoder_heads": ("enc_mu", "enc_logvar"),
+        "decoder_grid": ("dec_dense", "dec_deconv0"),
+        "decoder_images": tuple(f"dec_deconv{i}" for i in range(1, len(config.decoder_widths) + 1)),
+    }
+
+
 def sample_z(key: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """z = μ + σ·ε with σ = exp(log σ² / 2)."""
     return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
@@ -242,6 +252,6 @@ def param_count(params) -> int:
 
 
 __all__: Sequence[str] = (
-    "VAEConfig", "ConvVAE", "sample_z", "kl_divergence", "vae_loss", "init_vae", "param_count",
+    "VAEConfig", "ConvVAE", "stage_parameters", "sample_z", "kl_divergence", "vae_loss", "init_vae", "param_count",
     "check_images", "to_float",
 )

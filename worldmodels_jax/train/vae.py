@@ -10,7 +10,8 @@ import optax
 from flax import struct
 
 from worldmodels_jax.errors import ConfigError, ShapeError
-from worldmodels_jax.models.vae import IMAGE_SHAPE, ConvVAE, VAEConfig, init_vae, kl_divergence, to_float, vae_loss
+from worldmodels_jax.models.vae import (IMAGE_SHAPE, ConvVAE, VAEConfig, init_vae, kl_divergence, stage_parameters,
+                                        to_float, vae_loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,56 +102,66 @@ def make_vae_step(vae_config: VAEConfig, config: VAETrainConfig):
     def stage(name):
         return lambda params, *args: model.apply({"params": params}, *args, method=name)
 
+    names = stage_parameters(vae_config)
+
     def microbatched_gradients(params, images, noise, micro):
         """loss_fn's gradient and metrics, with V's convolution stages run micro-batch by micro-batch.
 
-        1. encoder convolutions, forward, per micro-batch (each one's pullback kept);
+        1. encoder convolutions, forward only, per micro-batch;
         2. the dense stages (μ/log σ² heads, the KL term, the dense layer and the 1×1 → 5×5 transposed
            convolution) on the whole batch, so their 3.4 M parameters are read once;
         3. decoder convolutions and the reconstruction loss, forward and backward, per micro-batch (its
            activations stay in cache);
-        4. the dense stages' backward, then the encoder's, per micro-batch.
+        4. the dense stages' backward, then the encoder's per micro-batch, forward again and backward.
+        Recomputing the encoder's forward pass (about 10 % of the step's multiply-adds) took as long as storing
+        its activations for step 4 (whose stacked buffers XLA must first fill with zeros), and needs less memory.
+        Each stage is differentiated with respect to its own parameters only (`stage_parameters`).
         """
         batch = images.shape[0]
         pieces = batch // micro
         split = lambda x: x.reshape((pieces, micro, *x.shape[1:]))  # noqa: E731
-        tree_zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
         tree_sum = lambda *trees: jax.tree.map(lambda *x: sum(x), *trees)  # noqa: E731
+        encoder = {k: params[k] for k in names["encoder_features"]}
+        decoder = {k: params[k] for k in names["decoder_images"]}
+        dense_names = names["encoder_heads"] + names["decoder_grid"]
 
-        features, encoder_pullbacks = jax.lax.map(
-            lambda piece: jax.vjp(lambda p: stage("encoder_features")(p, piece), params), split(images))
+        features = jax.lax.map(lambda piece: stage("encoder_features")(encoder, piece), split(images))
 
-        def dense(params, features):
-            mu, logvar = stage("encoder_heads")(params, features)
+        def dense(dense_params, features):
+            mu, logvar = stage("encoder_heads")(dense_params, features)
             kl = kl_divergence(mu, logvar)
             kl_floored = jnp.mean(jnp.maximum(kl, vae_config.kl_tolerance * vae_config.z_size))
-            grid = stage("decoder_grid")(params, mu + jnp.exp(0.5 * logvar) * noise)
+            grid = stage("decoder_grid")(dense_params, mu + jnp.exp(0.5 * logvar) * noise)
             return (grid, kl_floored), jnp.mean(kl)
 
-        (grid, kl_floored), dense_pullback, kl = jax.vjp(dense, params, features.reshape(batch, -1), has_aux=True)
+        (grid, kl_floored), dense_pullback, kl = jax.vjp(
+            dense, {k: params[k] for k in dense_names}, features.reshape(batch, -1), has_aux=True)
 
         def decode_piece(total, piece):
             grid_piece, target = piece
 
-            def reconstruction_loss(params, grid_piece):  # this piece's share of the batch mean
-                error = to_float(target) - stage("decoder_images")(params, grid_piece)
+            def reconstruction_loss(decoder, grid_piece):  # this piece's share of the batch mean
+                error = to_float(target) - stage("decoder_images")(decoder, grid_piece)
                 return jnp.sum(jnp.square(error)) / batch
 
-            loss, (d_params, d_grid) = jax.value_and_grad(reconstruction_loss, argnums=(0, 1))(params, grid_piece)
-            return tree_sum(total, (loss, d_params)), d_grid
+            loss, (d_decoder, d_grid) = jax.value_and_grad(reconstruction_loss, argnums=(0, 1))(decoder, grid_piece)
+            return tree_sum(total, (loss, d_decoder)), d_grid
 
-        (reconstruction, decoder_grads), d_grid = jax.lax.scan(
-            decode_piece, (jnp.zeros((), grid.dtype), tree_zeros()), (split(grid), split(images)))
+        zeros = (jnp.zeros((), grid.dtype), jax.tree.map(jnp.zeros_like, decoder))
+        (reconstruction, decoder_grads), d_grid = jax.lax.scan(decode_piece, zeros, (split(grid), split(images)))
         dense_grads, d_features = dense_pullback((d_grid.reshape(grid.shape), jnp.ones((), grid.dtype)))
 
         def encoder_backward(total, piece):
-            pullback, d_features_piece = piece
+            images_piece, d_features_piece = piece
+            _, pullback = jax.vjp(lambda p: stage("encoder_features")(p, images_piece), encoder)
             return tree_sum(total, pullback(d_features_piece)[0]), None
 
-        encoder_grads, _ = jax.lax.scan(encoder_backward, tree_zeros(), (encoder_pullbacks, split(d_features)))
+        encoder_grads, _ = jax.lax.scan(encoder_backward, jax.tree.map(jnp.zeros_like, encoder),
+                                        (split(images), split(d_features)))
         metrics = {"loss": reconstruction + kl_floored, "reconstruction_loss": reconstruction, "kl": kl,
                    "kl_floored": kl_floored}
-        return tree_sum(decoder_grads, dense_grads, encoder_grads), metrics
+        grads = {**dense_grads, **decoder_grads, **encoder_grads}
+        return {k: grads[k] for k in params}, metrics
 
     def update(state: VAETrainState, images: jax.Array, key: jax.Array):
         noise = jax.random.normal(key, (images.shape[0], vae_config.z_size))
