@@ -256,6 +256,28 @@ def test_lstm_sequence_gradients_equal_autodiff_of_the_step_loop(key, monkeypatc
     assert np.all(np.isfinite(np.asarray(grads[1].h))) and np.abs(np.asarray(grads[1].h)).sum() > 0
 
 
+def test_lstm_sequence_projection_first_or_per_step_agree(key):
+    """The GPU/TPU formulation (inputs projected before the loop) and the CPU one (projected in each step's
+    matmul) give the same states and the same gradients; the CPU one is checked against a Python loop above."""
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    w_x, w_h = jax.random.normal(k1, (5, 24)) * 0.4, jax.random.normal(k2, (6, 24)) * 0.4
+    b = jax.random.normal(k3, (24,)) * 0.1
+    inputs = jax.random.normal(k4, (9, 2, 5))
+    reset = jnp.zeros((9, 2), bool).at[0].set(True).at[4, 1].set(True)
+    weights = jax.random.normal(k5, (9, 2, 6))
+
+    def loss(params, project_first):
+        carry, hs = mdnrnn_module.lstm_sequence(*params, LSTMCarry(jnp.zeros((2, 6)), jnp.zeros((2, 6))), inputs,
+                                                reset, project_first=project_first)
+        return jnp.sum(hs * weights) + jnp.sum(carry.c)
+
+    (v_step, g_step), (v_first, g_first) = (jax.jit(jax.value_and_grad(loss), static_argnums=1)((w_x, w_h, b), p)
+                                            for p in (False, True))
+    assert float(v_first) == pytest.approx(float(v_step), rel=1e-5)
+    for a, b_ in zip(g_first, g_step):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk_rows", [7, 1024])
 @pytest.mark.parametrize("heads", [(False, False), (True, True)])
 def test_observe_nll_equals_observe_then_mdn_nll(key, monkeypatch, chunk_rows, heads):

@@ -98,40 +98,46 @@ def reset_carry(carry: LSTMCarry, reset: jax.Array) -> LSTMCarry:
 
 
 def lstm_sequence(
-    w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: LSTMCarry, inputs: jax.Array, reset: jax.Array
+    w_x: jax.Array, w_h: jax.Array, b: jax.Array, carry: LSTMCarry, inputs: jax.Array, reset: jax.Array,
+    project_first: bool | None = None,
 ):
     """`lstm_cell` scanned over time-major inputs [T, B, I] with resets [T, B] → (final carry, hs [T, B, H]).
 
-    Equal to scanning `lstm_cell(w_h, reset_carry(carry, reset_t), inputs_t @ w_x + b)`. Each step does one
-    matmul, [inputs_t, h] @ [w_x; w_h], so no [T, B, 4H] projection of the whole sequence is ever stored. The
-    backward pass is written by hand: the reverse scan carries only dh and dc and emits each step's gate
-    gradients, and every BACKWARD_BLOCK steps they go into the weights' gradient as ONE
-    [I + H, block·B] × [block·B, 4H] matmul (autodiff would accumulate T small matmuls, and store a zero
-    cotangent of the projection).
+    Equal to scanning `lstm_cell(w_h, reset_carry(carry, reset_t), inputs_t @ w_x + b)`. The input projection
+    is either one [T·B, I] × [I, 4H] matmul before the loop (`project_first`, GPU and TPU: a [T, B, 4H] array in
+    fast memory) or part of each step's matmul, [inputs_t, h] @ [w_x; w_h] (the CPU: no [T, B, 4H] array to
+    write and read back); None picks by backend. The backward pass is written by hand: the reverse scan
+    carries only dh and dc and emits each step's gate gradients, and every BACKWARD_BLOCK steps they go into
+    the weights' gradient as ONE [I + H, block·B] × [block·B, 4H] matmul (autodiff would accumulate T small
+    matmuls, and store a zero cotangent of the projection).
     """
     if inputs.shape[-1] != w_x.shape[0] or inputs.shape[:2] != reset.shape:
         raise ShapeError(f"lstm_sequence: inputs {tuple(inputs.shape)} must be [T, B, {w_x.shape[0]}] with resets "
                          f"[T, B], got resets {tuple(reset.shape)}")
+    if project_first is None:
+        project_first = jax.default_backend() != "cpu"
     keep = (1.0 - reset.astype(inputs.dtype))[..., None]
-    hs, h, c = _lstm_sequence(w_x, w_h, b, carry.h, carry.c, inputs, keep)
+    hs, h, c = _lstm_sequence(bool(project_first), w_x, w_h, b, carry.h, carry.c, inputs, keep)
     return LSTMCarry(h=h, c=c), hs
 
 
-def _lstm_sequence_forward(w_x, w_h, b, h0, c0, inputs, keep):
+def _lstm_sequence_forward(project_first, w_x, w_h, b, h0, c0, inputs, keep):
     weights = jnp.concatenate([w_x, w_h], axis=0)
+    projected = inputs @ w_x + b if project_first else inputs  # [T, B, 4H] or the raw inputs
 
     def step(state, step_inputs):
         h, c = state
-        x_t, keep_t = step_inputs
+        x_t, p_t, keep_t = step_inputs
         h_in, c_in = h * keep_t, c * keep_t
-        xh = jnp.concatenate([x_t, h_in], axis=-1)
-        i, j, f, o = jnp.split(xh @ weights + b, 4, axis=-1)
+        xh = jnp.concatenate([x_t, h_in], axis=-1)  # kept for the weights' gradient either way
+        gates = p_t + h_in @ w_h if project_first else xh @ weights + b
+        i, j, f, o = jnp.split(gates, 4, axis=-1)
         si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + FORGET_BIAS), jax.nn.sigmoid(o)
         c_new = c_in * sf + si * tj
         h_new = jnp.tanh(c_new) * so
         return (h_new, c_new), (h_new, (xh, c_in, si, tj, sf, so))  # tanh(c_new) is recomputed backward
 
-    (h, c), (hs, residuals) = jax.lax.scan(step, (h0, c0), (inputs, keep))
+    (h, c), (hs, residuals) = jax.lax.scan(step, (h0, c0), (inputs, projected, keep))
     return (hs, h, c), residuals
 
 
@@ -140,17 +146,17 @@ BACKWARD_BLOCK = 16
 weights' gradient by one matmul, instead of storing [T, B, 4H] for one matmul at the end (4-5 % faster M step)."""
 
 
-@jax.custom_vjp
-def _lstm_sequence(w_x, w_h, b, h0, c0, inputs, keep):
-    return _lstm_sequence_forward(w_x, w_h, b, h0, c0, inputs, keep)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lstm_sequence(project_first, w_x, w_h, b, h0, c0, inputs, keep):
+    return _lstm_sequence_forward(project_first, w_x, w_h, b, h0, c0, inputs, keep)[0]
 
 
-def _lstm_sequence_fwd(w_x, w_h, b, h0, c0, inputs, keep):
-    outputs, residuals = _lstm_sequence_forward(w_x, w_h, b, h0, c0, inputs, keep)
+def _lstm_sequence_fwd(project_first, w_x, w_h, b, h0, c0, inputs, keep):
+    outputs, residuals = _lstm_sequence_forward(project_first, w_x, w_h, b, h0, c0, inputs, keep)
     return outputs, (w_h, keep, residuals, inputs)
 
 
-def _lstm_sequence_bwd(saved, cotangents):
+def _lstm_sequence_bwd(project_first, saved, cotangents):
     w_h, keep, residuals, inputs = saved
     d_hs, d_h, d_c = cotangents
     w_h_transposed = w_h.T
@@ -390,9 +396,12 @@ def _head_major(columns: jax.Array, z_size: int, num_mixtures: int) -> jax.Array
 
 
 def _row_chunks(row_weights, *arrays):
-    """Pads rows to a multiple of the chunk size (padded rows weigh 0) and splits them [chunks, rows, ...]."""
+    """Pads rows to a multiple of the chunk size (padded rows weigh 0) and splits them [chunks, rows, ...].
+
+    Chunks are for the CPU's caches; on GPU and TPU all rows form one chunk (one large matmul each way).
+    """
     rows = row_weights.shape[0]
-    chunk = min(FUSED_CHUNK_ROWS, rows)
+    chunk = min(FUSED_CHUNK_ROWS, rows) if jax.default_backend() == "cpu" else rows
     padded = -(-rows // chunk) * chunk
     pad = lambda x: jnp.pad(x, [(0, padded - rows)] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
     return [pad(x).reshape(padded // chunk, chunk, *x.shape[1:]) for x in (row_weights, *arrays)]
