@@ -424,6 +424,13 @@ NOTES = {
                 "the fraction of the CPU matmul peak that the same kind of step — V training, M training, the dream "
                 "— reached on this CPU in this run). `collect` (env-bound) is not projected; env stepping and "
                 "rendering are excluded; rollouts are counted at full episode length.",
+    "vm_training": "Goal (issue 9): training throughput ≥ 1.0× PyTorch's on this CPU, same maths and parameters "
+                   "(every contestant's loss is checked equal first). `jax_fast` is the library's CPU default "
+                   "(`train.vae.make_vae_step`: fast convolution layers, convolution stages in micro-batches of 20, "
+                   "dense stages on the whole batch); `jax_fast_whole_batch` the same layers without micro-batches; "
+                   "`jax_xla` plain Flax layers. M runs the training loss `MDNRNN.observe_nll`. Contestants are "
+                   "interleaved round-robin in one process; figures are medians. The ratio moves by about ±0.05 "
+                   "between runs (PyTorch's step time alone moved 204-224 ms in five runs of the same hour).",
     "cartpole_env": "The anchor renders no pixels: it is gymnasium's state-observation CartPole-v1, labelled as such.",
     "scaling": "Devices: the sharded neuroevolution engine on N simulated CPU devices "
                "(`--xla_force_host_platform_device_count=N`, one process per N), the same population each time, "
