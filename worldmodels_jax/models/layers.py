@@ -113,14 +113,21 @@ def conv_s2_xla(x: Array, kernel: Array, precision: Any = None) -> Array:
     return lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=_DIMS, precision=precision)
 
 
-def conv_s2_im2col(x: Array, kernel: Array, precision: Any = None) -> Array:
-    """Stride-2 VALID convolution as one im2col matmul: (B*Ho*Wo, k*k*C) @ (k*k*C, O)."""
+def _conv_s2_shapes(x: Array, kernel: Array) -> tuple[int, int, int, int, int, int]:
+    """(ky, kx, in, out, out_h, out_w) of a stride-2 VALID convolution; ShapeError for a bad input or kernel, or
+    an input smaller than the kernel."""
     _check_nhwc(x, kernel, "conv_s2")
     ky, kx, cin, cout = kernel.shape
     out_h = (x.shape[1] - ky) // 2 + 1
     out_w = (x.shape[2] - kx) // 2 + 1
     if out_h < 1 or out_w < 1:
         raise ShapeError(f"conv_s2: input {x.shape} is smaller than the kernel {kernel.shape[:2]}")
+    return ky, kx, cin, cout, out_h, out_w
+
+
+def conv_s2_im2col(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Stride-2 VALID convolution as one im2col matmul: (B*Ho*Wo, k*k*C) @ (k*k*C, O)."""
+    ky, kx, cin, cout, out_h, out_w = _conv_s2_shapes(x, kernel)
     p = _patches(x, ky, kx, 2, out_h, out_w)
     return _matmul_last(p, kernel.reshape(ky * kx * cin, cout), precision)
 
@@ -145,14 +152,9 @@ def conv_s2_s2d_im2col(x: Array, kernel: Array, precision: Any = None) -> Array:
 
     Fewer, wider copies than strided im2col: k*k/4 slices of 4*in channels instead of k*k slices of in channels.
     """
-    _check_nhwc(x, kernel, "conv_s2")
-    ky, kx, cin, cout = kernel.shape
+    ky, kx, cin, cout, out_h, out_w = _conv_s2_shapes(x, kernel)
     if ky % 2 or kx % 2:
         return conv_s2_im2col(x, kernel, precision)
-    out_h = (x.shape[1] - ky) // 2 + 1
-    out_w = (x.shape[2] - kx) // 2 + 1
-    if out_h < 1 or out_w < 1:
-        raise ShapeError(f"conv_s2: input {x.shape} is smaller than the kernel {kernel.shape[:2]}")
     xs = _space_to_depth(x, out_h, out_w, ky, kx)
     ks = _s2d_kernel(kernel)
     p = _patches(xs, ky // 2, kx // 2, 1, out_h, out_w)
@@ -168,14 +170,9 @@ def conv_s2_s2d_col2im(x: Array, kernel: Array, precision: Any = None) -> Array:
     move output-sized (out-channel) data instead of input-sized (4*in) data. The backward pass is the mirror
     image: the taps' gradients are shifted (padded) copies of the output gradient, then two matmuls.
     """
-    _check_nhwc(x, kernel, "conv_s2")
-    ky, kx, cin, cout = kernel.shape
+    ky, kx, cin, cout, out_h, out_w = _conv_s2_shapes(x, kernel)
     if ky % 2 or kx % 2:
         return conv_s2_im2col(x, kernel, precision)
-    out_h = (x.shape[1] - ky) // 2 + 1
-    out_w = (x.shape[2] - kx) // 2 + 1
-    if out_h < 1 or out_w < 1:
-        raise ShapeError(f"conv_s2: input {x.shape} is smaller than the kernel {kernel.shape[:2]}")
     taps_y, taps_x = ky // 2, kx // 2
     xs = _space_to_depth(x, out_h, out_w, ky, kx)  # (B, out_h + taps_y - 1, out_w + taps_x - 1, 4 * cin)
     ks = _s2d_kernel(kernel).transpose(2, 0, 1, 3).reshape(4 * cin, taps_y * taps_x * cout)
@@ -369,12 +366,9 @@ def conv_s2_fast(x: Array, kernel: Array, precision: Any = None) -> Array:
     fastest on the 2-core CPU (31->14: 2.4x faster fwd + bwd than im2col at batch 100, 1.7x at batch 20).
     Odd kernels use strided im2col.
     """
-    _check_nhwc(x, kernel, "conv_s2")
-    ky, kx, cin, cout = kernel.shape
+    ky, kx, cin, cout, out_h, out_w = _conv_s2_shapes(x, kernel)
     if ky % 2 or kx % 2:
         return conv_s2_im2col(x, kernel, precision)
-    out_h = (x.shape[1] - ky) // 2 + 1
-    out_w = (x.shape[2] - kx) // 2 + 1
     taps_y, taps_x = ky // 2, kx // 2
     im2col_size = out_h * out_w * taps_y * taps_x * 4 * cin
     col2im_size = (out_h + taps_y - 1) * (out_w + taps_x - 1) * taps_y * taps_x * cout

@@ -213,6 +213,12 @@ def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(1.0 + logvar - jnp.square(mu) - jnp.exp(logvar), axis=-1)
 
 
+def floored_kl(mu: jax.Array, logvar: jax.Array, kl_tolerance: float) -> tuple[jax.Array, jax.Array]:
+    """The loss's KL term, max(KL, kl_tolerance · z) averaged over examples, and the plain mean KL."""
+    kl = kl_divergence(mu, logvar)
+    return jnp.mean(jnp.maximum(kl, kl_tolerance * mu.shape[-1])), jnp.mean(kl)
+
+
 def vae_loss(
     images: jax.Array,
     reconstruction: jax.Array,
@@ -229,13 +235,12 @@ def vae_loss(
     reconstruction_loss = jnp.mean(
         jnp.sum(jnp.square(target - reconstruction), axis=(-3, -2, -1))
     )
-    kl = kl_divergence(mu, logvar)
-    kl_floored = jnp.mean(jnp.maximum(kl, kl_tolerance * mu.shape[-1]))
+    kl_floored, kl = floored_kl(mu, logvar, kl_tolerance)
     loss = reconstruction_loss + kl_floored
     return loss, {
         "loss": loss,
         "reconstruction_loss": reconstruction_loss,
-        "kl": jnp.mean(kl),
+        "kl": kl,
         "kl_floored": kl_floored,
     }
 
@@ -252,6 +257,6 @@ def param_count(params) -> int:
 
 
 __all__: Sequence[str] = (
-    "VAEConfig", "ConvVAE", "stage_parameters", "sample_z", "kl_divergence", "vae_loss", "init_vae", "param_count",
+    "VAEConfig", "ConvVAE", "stage_parameters", "sample_z", "kl_divergence", "floored_kl", "vae_loss", "init_vae", "param_count",
     "check_images", "to_float",
 )

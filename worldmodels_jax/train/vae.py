@@ -10,7 +10,7 @@ import optax
 from flax import struct
 
 from worldmodels_jax.errors import ConfigError, ShapeError
-from worldmodels_jax.models.vae import (IMAGE_SHAPE, ConvVAE, VAEConfig, init_vae, kl_divergence, stage_parameters,
+from worldmodels_jax.models.vae import (IMAGE_SHAPE, ConvVAE, VAEConfig, floored_kl, init_vae, stage_parameters,
                                         to_float, vae_loss)
 
 
@@ -129,10 +129,9 @@ def make_vae_step(vae_config: VAEConfig, config: VAETrainConfig):
 
         def dense(dense_params, features):
             mu, logvar = stage("encoder_heads")(dense_params, features)
-            kl = kl_divergence(mu, logvar)
-            kl_floored = jnp.mean(jnp.maximum(kl, vae_config.kl_tolerance * vae_config.z_size))
+            kl_floored, kl = floored_kl(mu, logvar, vae_config.kl_tolerance)
             grid = stage("decoder_grid")(dense_params, mu + jnp.exp(0.5 * logvar) * noise)
-            return (grid, kl_floored), jnp.mean(kl)
+            return (grid, kl_floored), kl
 
         (grid, kl_floored), dense_pullback, kl = jax.vjp(
             dense, {k: params[k] for k in dense_names}, features.reshape(batch, -1), has_aux=True)
