@@ -416,21 +416,25 @@ def fused_mixture_nll(features, kernel, bias, z_next, row_weights, num_mixtures)
     pass, chunk by chunk of FUSED_CHUNK_ROWS rows: the head's output and the loss's temporaries never exist
     at full size, and the backward pass only scales. z_next and row_weights are data (zero cotangents).
     """
-    weights, feats, targets = _row_chunks(row_weights, features, z_next)
-    z_size = z_next.shape[-1]
-    kernel, bias = (_component_major(x, z_size, num_mixtures) for x in (kernel, bias))
+    chunks, kernel, bias = _fused_inputs(features, kernel, bias, z_next, row_weights, num_mixtures)
 
-    def chunk_nll_ordered(total, chunk):
-        w, f, t = chunk
+    def chunk_nll(total, rows):
+        w, f, t = rows
         return total + _mixture_nll_rows(f, kernel, bias, t, w, num_mixtures, False)[0], None
 
-    return jax.lax.scan(chunk_nll_ordered, jnp.zeros((), features.dtype), (weights, feats, targets))[0]
+    return jax.lax.scan(chunk_nll, jnp.zeros((), features.dtype), chunks)[0]
+
+
+def _fused_inputs(features, kernel, bias, z_next, row_weights, num_mixtures):
+    """Row chunks (weights, features, targets) and the head's columns in component-major order."""
+    z_size = z_next.shape[-1]
+    return (_row_chunks(row_weights, features, z_next),
+            *(_component_major(x, z_size, num_mixtures) for x in (kernel, bias)))
 
 
 def _fused_mixture_nll_fwd(features, kernel, bias, z_next, row_weights, num_mixtures):
-    weights, feats, targets = _row_chunks(row_weights, features, z_next)
+    chunks, kernel, bias = _fused_inputs(features, kernel, bias, z_next, row_weights, num_mixtures)
     z_size = z_next.shape[-1]
-    kernel, bias = (_component_major(x, z_size, num_mixtures) for x in (kernel, bias))
 
     def chunk(total, rows):
         w, f, t = rows
@@ -439,7 +443,7 @@ def _fused_mixture_nll_fwd(features, kernel, bias, z_next, row_weights, num_mixt
         return (nll_sum + nll, d_kernel + f.T @ d_out, d_bias + jnp.sum(d_out, axis=0)), d_out @ kernel.T
 
     zeros = (jnp.zeros((), features.dtype), jnp.zeros_like(kernel), jnp.zeros_like(bias))
-    (nll, d_kernel, d_bias), d_features = jax.lax.scan(chunk, zeros, (weights, feats, targets))
+    (nll, d_kernel, d_bias), d_features = jax.lax.scan(chunk, zeros, chunks)
     d_features = d_features.reshape(-1, features.shape[-1])[: features.shape[0]]
     d_kernel, d_bias = (_head_major(x, z_size, num_mixtures) for x in (d_kernel, d_bias))
     return nll, (d_features, d_kernel, d_bias, z_next, row_weights)
