@@ -281,15 +281,18 @@ class MDNRNN(nn.Module):
         `lstm_sequence` does one [z, a, h] @ [W_x; W_h] matmul per step, and its backward pass leaves the
         weights' gradient to one matmul per block of steps.
         """
-        if z.ndim != 3:
-            raise ShapeError(f"observe expects z [batch, time, z], got {tuple(z.shape)}")
-        batch = z.shape[0]
-        carry = self.initial_carry((batch,)) if carry is None else carry
-        # Time-major for the scan: swapping the 35-wide inputs is cheaper than any 4H- or H-wide array.
-        inputs = jnp.swapaxes(self._inputs(z, action, reset), 0, 1)
-        final_carry, hs = lstm_sequence(self.w_x, self.w_h, self.b, carry, inputs, jnp.swapaxes(reset, 0, 1))
+        final_carry, hs = self._time_major_states(z, action, reset, carry, "observe")
         hs = jnp.swapaxes(hs, 0, 1)
         return self.head(hs), hs, final_carry
+
+    def _time_major_states(self, z, action, reset, carry, caller: str):
+        """The LSTM over [B, T, ...] sequences: (final carry, hs [T, B, H]), time-major for the caller."""
+        if z.ndim != 3:
+            raise ShapeError(f"{caller} expects z [batch, time, z], got {tuple(z.shape)}")
+        carry = self.initial_carry((z.shape[0],)) if carry is None else carry
+        # Time-major for the scan: swapping the 35-wide inputs is cheaper than any 4H- or H-wide array.
+        inputs = jnp.swapaxes(self._inputs(z, action, reset), 0, 1)
+        return lstm_sequence(self.w_x, self.w_h, self.b, carry, inputs, jnp.swapaxes(reset, 0, 1))
 
     def observe_nll(
         self, z: jax.Array, action: jax.Array, reset: jax.Array, z_next: jax.Array, mask: jax.Array | None = None,
@@ -302,14 +305,10 @@ class MDNRNN(nn.Module):
         in cache-sized chunks of steps. The reward and done heads' outputs (zeros and -1e4 without those
         heads) come back batch-major like `observe`'s.
         """
-        if z.ndim != 3:
-            raise ShapeError(f"observe_nll expects z [batch, time, z], got {tuple(z.shape)}")
         if z_next.shape != z.shape:
             raise ShapeError(f"observe_nll needs z_next shaped like z {tuple(z.shape)}, got {tuple(z_next.shape)}")
         cfg = self.config
-        carry = self.initial_carry((z.shape[0],)) if carry is None else carry
-        inputs = jnp.swapaxes(self._inputs(z, action, reset), 0, 1)
-        _, hs = lstm_sequence(self.w_x, self.w_h, self.b, carry, inputs, jnp.swapaxes(reset, 0, 1))  # [T, B, H]
+        _, hs = self._time_major_states(z, action, reset, carry, "observe_nll")  # [T, B, H]
         head = self.variables["params"]["head"]["mdn_dense"]
         columns = cfg.z_size * cfg.num_mixtures * 3
         weights = jnp.ones(hs.shape[:2], hs.dtype) if mask is None else jnp.swapaxes(mask, 0, 1).astype(hs.dtype)
