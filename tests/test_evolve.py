@@ -73,6 +73,30 @@ def test_episodes_match_population_returns_with_common_random_numbers():
     assert np.all(np.asarray(lengths) <= 120) and np.any(np.asarray(lengths) < 120)
 
 
+def test_step_without_reset_is_gymnax_step_before_its_auto_reset():
+    """The engine's step: gymnax's `step` (same key split) minus the reset, so a finished episode's state stays
+    the stepped one (`final_observation`) instead of a fresh episode's."""
+    from worldmodels_jax.envs.stepping import step_without_reset
+
+    env, params = gymnax.make("CartPole-v1")
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    for t in range(60):  # push right until the pole falls: the last step terminates
+        key = jax.random.PRNGKey(100 + t)
+        obs, nxt, reward, terminated, truncated, info = env.step(key, state, 1, params)
+        obs2, nxt2, reward2, terminated2, truncated2 = step_without_reset(env, key, state, 1, params)
+        assert float(reward2) == float(reward) and bool(terminated2) == bool(terminated)
+        assert bool(truncated2) == bool(truncated)
+        close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)  # noqa: E731
+        close(obs2, info["final_observation"])
+        if terminated:
+            assert np.abs(np.asarray(obs2) - np.asarray(obs)).max() > 0.1  # gymnax reset, we did not
+            break
+        close(obs2, obs)
+        jax.tree.map(close, nxt2, nxt)
+        state = nxt
+    assert bool(terminated)
+
+
 def test_obs_norm_merge_matches_numpy():
     rng = np.random.default_rng(0)
     batches = [rng.normal(3.0, 2.0, (n, 3)).astype(np.float32) for n in (5, 40, 1, 17)]

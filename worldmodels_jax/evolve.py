@@ -41,6 +41,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from worldmodels_jax.envs.stepping import step_without_reset
 from worldmodels_jax.errors import CheckpointError, ConfigError, EnvError, NonFiniteError
 from worldmodels_jax.evolution import (WORST_FITNESS, ESConfig, es_state_is_finite, make_strategy, mean_sq,
                                       strong_types)
@@ -227,7 +228,11 @@ class EnvProblem:
             if normalize:
                 d = jnp.where(alive, obs - norm_mean, 0.0)
                 s1, s2 = s1 + d, s2 + d * d
-            obs, env_state, reward, terminated, truncated, _ = env.step(key_env, env_state, action, env_params)
+            # no auto-reset: a rollout's return is its first episode's; after the end the state is frozen
+            obs_new, state_new, reward, terminated, truncated = step_without_reset(env, key_env, env_state, action,
+                                                                                   env_params)
+            obs, env_state = jax.tree.map(lambda new, old: jnp.where(alive, new, old),
+                                          (obs_new, state_new), (obs, env_state))
             ret = ret + jnp.where(alive, reward, 0.0)
             length = length + alive.astype(jnp.int32)
             alive = alive & ~(terminated | truncated) & (t + 1 < max_steps)

@@ -23,3 +23,19 @@ def step_with_reset(env, key: jax.Array, state, action, params, reset: Callable)
     obs, state = reset(done, key_reset, obs_st, state_st, params)
     info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
     return obs, state, reward, terminated, truncated, info
+
+
+def step_without_reset(env, key: jax.Array, state, action, params):
+    """gymnax's step with no auto-reset: (obs, state, reward, terminated, truncated).
+
+    For loops that stop counting an episode at its end (a fitness is the return of each rollout's first
+    episode): the reset gymnax computes at every step would only be masked out. The key is split as
+    `env.step` splits it, so the steps taken are the same. Envs without `step_env` (wrappers) fall back to
+    `env.step`.
+    """
+    if not hasattr(env, "step_env"):
+        obs, state, reward, terminated, truncated, _ = env.step(key, state, action, params)
+        return obs, state, reward, terminated, truncated
+    key_step, _ = jax.random.split(key)
+    obs, state, reward, terminated, _ = env.step_env(key_step, state, action, params)
+    return obs, state, reward, terminated, env.is_truncated(state, params)
