@@ -134,3 +134,30 @@ def test_episodes_read_the_observation_from_the_state_exactly(kind):
     for t in range(4):
         obs, state, *_ = env.step(jax.random.PRNGKey(10 + t), state, t % 3, params)
         np.testing.assert_array_equal(obs, env.observation_of_state(state))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_step_without_reset_is_step_before_its_auto_reset(kind):
+    """The engine's step for the dream: the same draw as `step`, the stepped state kept at an episode's end."""
+    from worldmodels_jax.envs.stepping import step_without_reset
+
+    for done_bias in (-10.0, +10.0):
+        env, params, _ = _dream(kind, done_bias)
+        _, state = env.reset(jax.random.PRNGKey(2), params)
+        step = jax.jit(env.step)
+        plain = jax.jit(lambda k, s, a: step_without_reset(env, k, s, a, params))
+        for t in range(3):
+            key = jax.random.PRNGKey(10 + t)
+            obs, nxt, reward, terminated, truncated, info = step(key, state, t % 3, params)
+            obs2, nxt2, reward2, terminated2, truncated2 = plain(key, state, t % 3)
+            assert (float(reward2), bool(terminated2), bool(truncated2)) == (float(reward), bool(terminated),
+                                                                               bool(truncated))
+            np.testing.assert_allclose(np.asarray(obs2), np.asarray(info["final_observation"]), rtol=1e-5, atol=1e-6)
+            assert int(nxt2.time) == int(state.time) + 1  # never reset
+            if not bool(terminated):
+                jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                                                     atol=1e-6), nxt2, nxt)
+                state = nxt
+            else:
+                assert int(nxt.time) == 0
+                state = nxt2

@@ -103,6 +103,14 @@ class DreamEnv(environment.Environment[DreamState, DreamParams]):
         info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
         return self._obs(new_state), new_state, reward, terminated, truncated, info
 
+    def step_without_reset(self, key, state: DreamState, action, params: DreamParams):
+        """`step` without its auto-reset, from the same draw: (obs, state, reward, terminated, truncated)."""
+        self._check_params(params)
+        z = self.z_size
+        uniform = jax.random.uniform(key, (3 * z + 1,))
+        obs, new_state, reward, terminated, _ = self._step(uniform[: 2 * z].reshape(2, z), state, action, params)
+        return obs, new_state, reward, terminated, self.is_truncated(new_state, params)
+
     def step_env(self, key, state: DreamState, action, params: DreamParams):
         return self._step(jax.random.uniform(key, (2, self.z_size)), state, action, params)
 

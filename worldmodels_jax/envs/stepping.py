@@ -30,9 +30,12 @@ def step_without_reset(env, key: jax.Array, state, action, params):
 
     For loops that stop counting an episode at its end (a fitness is the return of each rollout's first
     episode): the reset gymnax computes at every step would only be masked out. The key is split as
-    `env.step` splits it, so the steps taken are the same. Envs without `step_env` (wrappers) fall back to
-    `env.step`.
+    `env.step` splits it, so the steps taken are the same. An env may provide its own
+    `step_without_reset` (the dream draws its randomness as its `step` does, in one call). Envs without
+    `step_env` (wrappers) fall back to `env.step`.
     """
+    if hasattr(env, "step_without_reset"):
+        return env.step_without_reset(key, state, action, params)
     if not hasattr(env, "step_env"):
         obs, state, reward, terminated, truncated, _ = env.step(key, state, action, params)
         return obs, state, reward, terminated, truncated
