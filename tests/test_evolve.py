@@ -97,6 +97,29 @@ def test_step_without_reset_is_gymnax_step_before_its_auto_reset():
     assert bool(terminated)
 
 
+def test_step_without_reset_keeps_a_wrapper_s_own_step():
+    """gymnax wrappers forward attributes to the wrapped env; the engine must still step through the wrapper."""
+    from gymnax.wrappers.purerl import StickyActionWrapper
+
+    from worldmodels_jax.envs.stepping import step_without_reset
+
+    inner, params = gymnax.make("CartPole-v1")
+    env = StickyActionWrapper(inner, sticky_action_prob=0.5)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    for t in range(5):
+        key = jax.random.PRNGKey(200 + t)
+        obs, nxt, reward, terminated, truncated, info = env.step(key, state, t % 2, params)
+        obs2, nxt2, *_ = step_without_reset(env, key, state, t % 2, params)
+        np.testing.assert_allclose(np.asarray(obs2), np.asarray(obs), rtol=1e-6, atol=1e-6)
+        assert int(nxt2.last_action) == int(nxt.last_action)  # the wrapper's state, not the inner env's
+        state = nxt
+    # and the engine runs episodes through it
+    problem = env_problem(env, agent=LinearAgent(), template=jnp.zeros(4), env_params=params,
+                          config=EvolveConfig(max_steps=20, step_chunk=10))
+    ret, lengths, _ = problem.episodes(jnp.ones((2, 4)), jax.random.split(jax.random.PRNGKey(1), 2), {}, True)
+    assert ret.shape == (2, 2) and np.all(np.asarray(lengths) >= 1)
+
+
 def test_obs_norm_merge_matches_numpy():
     rng = np.random.default_rng(0)
     batches = [rng.normal(3.0, 2.0, (n, 3)).astype(np.float32) for n in (5, 40, 1, 17)]

@@ -32,11 +32,12 @@ def step_without_reset(env, key: jax.Array, state, action, params):
     episode): the reset gymnax computes at every step would only be masked out. The key is split as
     `env.step` splits it, so the steps taken are the same. An env may provide its own
     `step_without_reset` (the dream draws its randomness as its `step` does, in one call). Envs without
-    `step_env` (wrappers) fall back to `env.step`.
+    `step_env` fall back to `env.step`. The methods are looked up on the class: gymnax's wrappers forward
+    unknown attributes to the env they wrap, whose `step_env` would skip the wrapper (and expect its state).
     """
-    if hasattr(env, "step_without_reset"):
+    if getattr(type(env), "step_without_reset", None) is not None:
         return env.step_without_reset(key, state, action, params)
-    if not hasattr(env, "step_env"):
+    if getattr(type(env), "step_env", None) is None:
         obs, state, reward, terminated, truncated, _ = env.step(key, state, action, params)
         return obs, state, reward, terminated, truncated
     key_step, _ = jax.random.split(key)
