@@ -9,6 +9,7 @@ filled in by `resolve`, and the resolved config is what a run directory records.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.evolution import ESConfig
@@ -76,9 +77,22 @@ class ControllerStageConfig:
     """Cap on episode length in rollouts (0: the env's own limit)."""
     chunk_steps: int = 50
     """Env steps per chunk in the early-exit while loop."""
+    sigma_fan_in: int = 0
+    """0: every mode starts CMA-ES at es.sigma_init. N > 0: a controller with I inputs starts at
+    es.sigma_init * sqrt(N / I), so that with standardised features every mode's initial tanh
+    pre-activations have the spread of an N-input controller (see docs/carracing.md, runs I0-I2)."""
+
+    def sigma_init_for(self, input_size: int) -> float:
+        """CMA-ES's initial step size for a controller with `input_size` inputs."""
+        if not self.sigma_fan_in:
+            return self.es.sigma_init
+        return self.es.sigma_init * math.sqrt(self.sigma_fan_in / input_size)
 
     def __post_init__(self):
         from worldmodels_jax.models.controller import ACTION_MAPPINGS, MODES
+
+        if not isinstance(self.sigma_fan_in, int) or self.sigma_fan_in < 0:
+            raise ConfigError(f"controller.sigma_fan_in must be an int >= 0 (0: off), got {self.sigma_fan_in!r}")
 
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:

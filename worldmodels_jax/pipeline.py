@@ -392,7 +392,8 @@ class Pipeline:
                                    eval_steps, ccfg.chunk_steps).returns
 
         template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
-        init, run_chunk, mean_params = make_evolution(fitness, template, es)
+        sigma_init = ccfg.sigma_init_for(agent.controller.config.input_size)
+        init, run_chunk, mean_params = make_evolution(fitness, template, dataclasses.replace(es, sigma_init=sigma_init))
         key = jax.random.fold_in(self.key("train-controller"), stable_tag(mode))
         key_init, key_eval, key_real = jax.random.split(key, 3)
         state = init(key_init)

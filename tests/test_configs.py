@@ -1,0 +1,30 @@
+"""Config helpers with known answers."""
+
+import math
+
+import pytest
+
+from worldmodels_jax.configs import ControllerStageConfig, get_preset
+from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.evolution import ESConfig
+from worldmodels_jax.models.controller import ControllerConfig
+
+
+def test_sigma_fan_in_scales_the_initial_step_by_the_controller_s_inputs():
+    off = ControllerStageConfig(es=ESConfig(sigma_init=0.5))
+    assert off.sigma_init_for(16) == off.sigma_init_for(80) == 0.5
+    on = ControllerStageConfig(es=ESConfig(sigma_init=0.5), sigma_fan_in=16)
+    # CarRacing cpu-small: z has 16 inputs, z + h 16 + 64 (runs I0-I2 used 0.22 for z + h)
+    sizes = {mode: ControllerConfig(mode=mode, z_size=16, feature_size=64, num_outputs=3).input_size
+             for mode in ("z", "z_h", "z_hidden")}
+    assert sizes == {"z": 16, "z_h": 80, "z_hidden": 16}
+    assert on.sigma_init_for(sizes["z"]) == pytest.approx(0.5)
+    assert on.sigma_init_for(sizes["z_h"]) == pytest.approx(0.5 * math.sqrt(16 / 80))
+    assert round(on.sigma_init_for(sizes["z_h"]), 2) == 0.22
+
+
+def test_sigma_fan_in_is_off_in_the_presets_and_bad_values_are_clear_errors():
+    assert get_preset("carracing-cpu-small").controller.sigma_fan_in == 0
+    for bad in (-1, 1.5):
+        with pytest.raises(ConfigError, match="sigma_fan_in"):
+            ControllerStageConfig(sigma_fan_in=bad)
