@@ -305,6 +305,32 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert [json.loads(x) for x in run_metrics] == [json.loads(x) for x in ref_metrics]
 
 
+def test_cpu_devices_for_gives_each_device_enough_members_and_divides_the_work():
+    per = ev.MIN_MEMBERS_PER_CPU_DEVICE
+    assert ev.cpu_devices_for(64, 8, cores=2) == 1  # small populations stay on one device
+    assert ev.cpu_devices_for(2 * per, 8, cores=2) == 2
+    assert ev.cpu_devices_for(2 * per, 8, cores=1) == 1  # never more devices than cores
+    assert ev.cpu_devices_for(16 * per, 16, cores=8) == 8
+    assert ev.cpu_devices_for(3 * per, 16, cores=4) == 2  # 3 does not divide eval_episodes 16
+    assert ev.cpu_devices_for(2 * per, 3, cores=2) == 1  # nor does 2 divide 3
+    assert ev.cpu_devices_for(2 * per, 8, pop_chunk=3, cores=2) == 1  # 3 does not divide a device's 2048
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="simulated CPU devices beyond one need two cores to matter")
+def test_cli_on_two_cpu_devices_starts_over_with_them_and_gives_the_one_device_result(tmp_path):
+    env = {**os.environ, **SUBPROCESS_ENV}
+    runs = {}
+    for name, extra in (("one", ()), ("two", ("--cpu-devices", "2"))):
+        proc = subprocess.run(_cli(tmp_path / name, *extra), env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["one"]["devices"] == 1 and runs["two"]["devices"] == 2
+    assert runs["two"]["generations"] == runs["one"]["generations"] == 8
+    np.testing.assert_allclose(runs["two"]["last_eval"]["eval_mean"], runs["one"]["last_eval"]["eval_mean"], rtol=1e-5)
+    np.testing.assert_allclose(runs["two"]["best_eval"], runs["one"]["best_eval"], rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- bad values, bad input
 def test_non_finite_fitness_counts_as_worst_and_is_reported():
     def fn(p):

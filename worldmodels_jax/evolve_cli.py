@@ -2,6 +2,7 @@
 
     wmj evolve --env CartPole-v1 --policy mlp --strategy CMA_ES --population 256 --generations 50 --out runs/cp
     wmj evolve ... --out runs/cp --resume            # continue from the newest checkpoint
+    wmj evolve ... --population 4096                 # on a CPU host: one simulated device per core (--cpu-devices)
     # one process per host (see docs/evolve.md):
     wmj evolve ... --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
 """
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--normalize-obs", action="store_true")
     p.add_argument("--devices", type=int, default=None, help="shard over the first N devices (default: all)")
+    p.add_argument("--cpu-devices", default="auto",
+                   help="on a CPU host, simulate this many CPU devices (one thread each) and shard over them; "
+                        "auto: one per core for populations of at least 2048 members per core, else 1 "
+                        "(evolve.cpu_devices_for); ignored on GPU/TPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run directory (metrics, checkpoints, summary)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -76,6 +81,44 @@ def _exec_distributed(args, argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-c", _BOOTSTRAP, *argv], env)
 
 
+def _cpu_devices_wanted(args) -> int | None:
+    """The CPU device count this run should have, or None to keep the process's devices as they are."""
+    import jax
+
+    from worldmodels_jax.errors import ConfigError
+    from worldmodels_jax.evolve import cpu_devices_for
+
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return None
+    if args.cpu_devices == "auto":
+        if args.devices is not None:  # the user chose the mesh
+            return None
+        wanted = cpu_devices_for(args.population, args.eval_episodes, args.pop_chunk)
+        # never fewer than the user already simulates (XLA_FLAGS=--xla_force_host_platform_device_count)
+        return wanted if wanted > jax.local_device_count() else None
+    try:
+        wanted = int(args.cpu_devices)
+    except ValueError:
+        wanted = 0
+    if wanted < 1:
+        raise ConfigError(f"--cpu-devices must be 'auto' or an int >= 1, got {args.cpu_devices!r}")
+    return wanted if wanted != jax.local_device_count() else None
+
+
+def _exec_with_cpu_devices(devices: int, argv: list[str]) -> None:
+    """Starts this command over with `devices` simulated CPU devices (fixed when JAX starts, and importing gymnax
+    starts it)."""
+    import os
+
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count"))
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": flags,
+           "WMJ_CPU_DEVICES_BOOTSTRAPPED": "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "worldmodels_jax.evolve_cli", *argv], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -87,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from worldmodels_jax.errors import WMJError
 
     try:
+        if not wants_distributed and not os.environ.get("WMJ_CPU_DEVICES_BOOTSTRAPPED"):
+            devices = _cpu_devices_wanted(args)
+            if devices is not None:
+                _exec_with_cpu_devices(devices, argv)
         return _run(args)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
