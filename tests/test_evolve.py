@@ -316,6 +316,7 @@ def test_cpu_devices_for_gives_each_device_enough_members_and_divides_the_work()
     assert ev.cpu_devices_for(2 * per, 8, pop_chunk=3, cores=2) == 1  # 3 does not divide a device's 2048
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="simulated CPU devices beyond one need two cores to matter")
 def test_cli_on_two_cpu_devices_starts_over_with_them_and_gives_the_one_device_result(tmp_path):
     env = {**os.environ, **SUBPROCESS_ENV}
