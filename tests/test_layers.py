@@ -238,3 +238,46 @@ def test_paper_vae_same_loss_and_gradients_with_fast_layers():
     assert jax.tree.structure(g_xla) == jax.tree.structure(g_fast)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_xla)):
         _assert_close(a, b, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ phase layout
+def test_phase_layout_is_a_permutation_and_round_trips():
+    y = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
+    p = L.to_phase_layout(y)
+    assert p.shape == (12, 2, 3, 2)
+    # [(py, px, c), b, m, n] = y[b, 2m+py, 2n+px, c]
+    np.testing.assert_array_equal(np.asarray(p[(1 * 2 + 0) * 3 + 2, 1, 2, 1]), np.asarray(y[1, 5, 2, 2]))
+    np.testing.assert_array_equal(np.asarray(L.from_phase_layout(p)), np.asarray(y))
+    np.testing.assert_allclose(float(jnp.sum(p ** 2)), float(jnp.sum(y ** 2)), rtol=1e-6)
+    with pytest.raises(ShapeError, match="even height and width"):
+        L.to_phase_layout(jnp.zeros((1, 5, 4, 3)))
+
+
+@pytest.mark.parametrize("h,w,cin,cout,k", [(30, 30, 32, 3, 6), (4, 3, 3, 2, 6), (3, 5, 2, 4, 4), (2, 2, 3, 3, 2)])
+def test_conv_transpose_phases_is_the_xla_layer_in_phase_layout_values_and_gradients(h, w, cin, cout, k):
+    kx, kk, kw = jax.random.split(jax.random.PRNGKey(h + 10 * k), 3)
+    x = jax.random.normal(kx, (BATCH, h, w, cin))
+    kernel = jax.random.normal(kk, (k, k, cin, cout))
+    ref = L.to_phase_layout(L.conv_transpose_s2_xla(x, kernel))
+    _assert_close(jax.jit(L.conv_transpose_s2_phases)(x, kernel), ref)
+    weights = jax.random.normal(kw, ref.shape)
+
+    def loss(fn):
+        return lambda x, kernel: jnp.sum(weights * jnp.tanh(fn(x, kernel)))
+
+    g_ref = jax.jit(jax.grad(loss(lambda x, k: L.to_phase_layout(L.conv_transpose_s2_xla(x, k))), (0, 1)))(x, kernel)
+    g_new = jax.jit(jax.grad(loss(L.conv_transpose_s2_phases), (0, 1)))(x, kernel)
+    for a, b in zip(g_new, g_ref):
+        _assert_close(a, b)
+
+
+@pytest.mark.parametrize("impl", ["fast", "xla"])
+def test_conv_transpose_module_phase_layout_equals_its_nhwc_output(impl):
+    layer = L.make_conv_transpose(3, 6, impl=impl)
+    x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, 5, 4, 8))
+    params = layer.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.1 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, params)
+    _assert_close(layer.apply(params, x, phase_layout=True), L.to_phase_layout(layer.apply(params, x)))
+    with pytest.raises(ShapeError, match="even kernel"):
+        odd = L.make_conv_transpose(3, 5, impl=impl)
+        odd.init(jax.random.PRNGKey(1), x, phase_layout=True)

