@@ -238,6 +238,10 @@ PRESETS: dict[str, PipelineConfig] = {
             # 500-step training episodes (was 300): z + h 236.7 -> 492.2, z + hidden 254.5 -> 536.5 on the
             # 100-track test (docs/carracing.md, run C), at ~14 minutes for the whole experiment.
             z_sample=False, normalize_features=True, max_episode_steps=500,
+            # sigma_init scaled to each controller's fan-in (z + h: 0.5 * sqrt(16 / 80) = 0.224; z and z + hidden
+            # keep 0.5): with the same V and M, z + h went 492 -> 615, 393 -> 481, 164 -> 341 on seeds 0-2
+            # (docs/carracing.md, runs I0-I2).
+            sigma_fan_in=16,
         ),
         evaluate=EvaluateConfig(episodes=100),
     ),
