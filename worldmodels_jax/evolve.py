@@ -84,7 +84,8 @@ class EvolveConfig:
 MIN_MEMBERS_PER_CPU_DEVICE = 2048
 """`cpu_devices_for` gives each simulated CPU device at least this many members. On the 2-core CPU, CartPole-v1
 with an MLP 4-32-2 and 4 rollouts (benchmarks/bench_neuroevolution.py): two devices against one, interleaved in
-one process, 0.93x at population 64, 1.0x at 256-2048 and 1.17-1.33x at 4096."""
+one process, two devices ran 0.88x as fast as one at population 64, 0.97-1.03x at 256-2048 and
+1.22-1.26x at 4096."""
 
 
 def cpu_devices_for(population: int, eval_episodes: int = 1, pop_chunk: int | None = None,
