@@ -99,7 +99,7 @@ def _block(tree):
 
 def _auto_devices(pop: int) -> int:
     """The CPU device count `wmj evolve` picks for this population (1 off the CPU or where the process has fewer)."""
-    from worldmodels_jax.evolve import cpu_devices_for
+    from worldmodels_jax.evolve import cpu_devices_environ, cpu_devices_for
 
     if jax.default_backend() != "cpu":
         return 1
@@ -227,10 +227,7 @@ def _in_a_process_with_one_device_per_core(quick: bool, out: Path) -> dict | Non
     if (jax.default_backend() != "cpu" or jax.device_count() >= cores or os.environ.get("WMJ_BENCH_CHILD")
             or max(cpu_devices_for(p, EVAL_EPISODES) for p in pops) < 2):
         return None
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count"))
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(cores), "XLA_FLAGS": flags, "WMJ_BENCH_CHILD": "1",
-           "JAX_PLATFORMS": "cpu"}
+    env = {**cpu_devices_environ(cores), "WMJ_BENCH_CHILD": "1", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), *(["--quick"] if quick else [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:

@@ -316,6 +316,12 @@ def test_cpu_devices_for_gives_each_device_enough_members_and_divides_the_work()
     assert ev.cpu_devices_for(2 * per, 8, pop_chunk=3, cores=2) == 1  # 3 does not divide a device's 2048
 
 
+def test_cpu_devices_environ_sets_the_count_and_drops_a_forced_one():
+    env = ev.cpu_devices_environ(2, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_cpu_foo=1",
+                                     "PATH": "/bin"})
+    assert env == {"XLA_FLAGS": "--xla_cpu_foo=1", "PATH": "/bin", "JAX_NUM_CPU_DEVICES": "2"}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="simulated CPU devices beyond one need two cores to matter")
 def test_cli_on_two_cpu_devices_starts_over_with_them_and_gives_the_one_device_result(tmp_path):

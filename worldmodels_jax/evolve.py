@@ -110,6 +110,17 @@ def cpu_devices_for(population: int, eval_episodes: int = 1, pop_chunk: int | No
     return 1
 
 
+def cpu_devices_environ(devices: int, environ: dict | None = None) -> dict[str, str]:
+    """A copy of `environ` (default: os.environ) for a new process with `devices` simulated CPU devices:
+    `JAX_NUM_CPU_DEVICES` set, and any `--xla_force_host_platform_device_count` dropped from `XLA_FLAGS`."""
+    import os
+
+    environ = dict(os.environ if environ is None else environ)
+    flags = [f for f in environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    return {**environ, "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": " ".join(flags)}
+
+
 def make_mesh(devices: int | None = None) -> Mesh:
     """A 1-D mesh named "pop" over all devices (of every process), or the first `devices` of them."""
     available = jax.devices()

@@ -110,10 +110,9 @@ def _exec_with_cpu_devices(devices: int, argv: list[str]) -> None:
     starts it)."""
     import os
 
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count"))
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": flags,
-           "WMJ_CPU_DEVICES_BOOTSTRAPPED": "1"}
+    from worldmodels_jax.evolve import cpu_devices_environ
+
+    env = {**cpu_devices_environ(devices), "WMJ_CPU_DEVICES_BOOTSTRAPPED": "1"}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "worldmodels_jax.evolve_cli", *argv], env)
