@@ -215,6 +215,10 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _populations(quick: bool) -> list[int]:
+    return [64, 256, 1024] if quick else [64, 256, 1024, 4096]
+
+
 def _in_a_process_with_one_device_per_core(quick: bool, out: Path) -> dict | None:
     """On a CPU host whose process has one device, the whole benchmark again in a child process with one simulated
     CPU device per core (so that `ours_auto` can be measured, as `wmj evolve` runs); None where that is not needed."""
@@ -223,7 +227,7 @@ def _in_a_process_with_one_device_per_core(quick: bool, out: Path) -> dict | Non
     from worldmodels_jax.evolve import cpu_devices_for
 
     cores = os.cpu_count() or 1
-    pops = [64, 256, 1024] if quick else [64, 256, 1024, 4096]
+    pops = _populations(quick)
     if (jax.default_backend() != "cpu" or jax.device_count() >= cores or os.environ.get("WMJ_BENCH_CHILD")
             or max(cpu_devices_for(p, EVAL_EPISODES) for p in pops) < 2):
         return None
@@ -242,7 +246,7 @@ def run(quick: bool = True, out: str | Path = "benchmarks/results") -> dict:
     child = _in_a_process_with_one_device_per_core(quick, out)
     if child is not None:
         return child
-    pops = [64, 256, 1024] if quick else [64, 256, 1024, 4096]
+    pops = _populations(quick)
     generations, repeats = (2, 5) if quick else (3, 7)
     rows = []
     for pop in pops:
