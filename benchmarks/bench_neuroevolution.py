@@ -6,13 +6,17 @@ Identical work: CartPole-v1, evosax's own MLP module 4-32-2 (tanh, categorical a
 - Throughput: generations (ask → evaluate → tell) of each engine compiled as a `scan` over a chunk of
   generations, timed after compilation; env steps/s counts pop × 4 × 500 per generation for both. Our
   engine runs with `early_exit=False` here so that both simulate every step (identical work), through
-  `Engine.run_generations` (no evaluation of the mean, as in the evosax loop).
+  `Engine.run_generations` (no evaluation of the mean, as in the evosax loop). "ours" computes the policy's
+  small Dense layers as multiply-adds fused with the env step (`EvolveConfig.small_dense`, the CPU default);
+  "ours_dots" is the same engine with them as XLA's batched dots (`small_dense=0`), the same HLO as evosax's.
 - Time to solve: wall-clock (after compilation) until the distribution mean's return over 32 episodes,
   evaluated every 5 generations, reaches 475. Ours with early exit on (its default).
 - Per-member cost (seconds per member per generation) vs population, written as a PNG.
-- On a CPU host, the benchmark runs in a process with one simulated CPU device per core. Both sides and "ours" run
-  on one device, and "ours_auto" on the devices `wmj evolve` picks for the population (`evolve.cpu_devices_for`:
-  one per core from 2048 members per core, so only population 4096 on a 2-core machine).
+- On a CPU host where `wmj evolve` would shard a population over one simulated CPU device per core
+  (`evolve.cpu_devices_for`: from 2048 members per core, for a policy not fused whole by `small_dense`), the
+  benchmark runs in a process with those devices: both sides and "ours" on one device, "ours_auto" on all. With
+  the default `small_dense` the MLP 4-32-2 is fused, one device is `wmj evolve`'s pick at every size, and the
+  benchmark runs in its own process.
 
     .venv/bin/python benchmarks/bench_neuroevolution.py [--quick] [--out DIR]
 """
@@ -81,12 +85,13 @@ def _evosax_runner(pop: int):
     return init, chunk, eval_mean
 
 
-def _ours_runner(pop: int, early_exit: bool, eval_episodes: int, pop_chunk: int | None = None, devices: int = 1):
+def _ours_runner(pop: int, early_exit: bool, eval_episodes: int, pop_chunk: int | None = None, devices: int = 1,
+                 small_dense: int | None = None):
     from worldmodels_jax.evolution import ESConfig
     from worldmodels_jax.evolve import EvolveConfig, env_problem, make_engine, make_mesh
 
     policy, _, x0, _, _ = _evosax_setup(2)
-    config = EvolveConfig(seed=0, max_steps=STEPS, early_exit=early_exit, pop_chunk=pop_chunk)
+    config = EvolveConfig(seed=0, max_steps=STEPS, early_exit=early_exit, pop_chunk=pop_chunk, small_dense=small_dense)
     problem = env_problem("CartPole-v1", policy, template=x0, config=config)
     es = ESConfig(strategy="CMA_ES", population=pop, sigma_init=SIGMA, rollouts=ROLLOUTS, l2_coef=0.0,
                   eval_every=EVAL_EVERY, eval_episodes=eval_episodes)
@@ -97,13 +102,20 @@ def _block(tree):
     return jax.block_until_ready(tree)
 
 
+def _fused_policy() -> bool:
+    """Whether our engine computes the whole policy as multiply-adds here (`EvolveConfig.small_dense`'s default)."""
+    from worldmodels_jax.models.small_dense import all_dense_small, resolve_small_dense
+
+    return all_dense_small(_evosax_setup(2)[2], resolve_small_dense(None))
+
+
 def _auto_devices(pop: int) -> int:
     """The CPU device count `wmj evolve` picks for this population (1 off the CPU or where the process has fewer)."""
-    from worldmodels_jax.evolve import cpu_devices_environ, cpu_devices_for
+    from worldmodels_jax.evolve import cpu_devices_for
 
     if jax.default_backend() != "cpu":
         return 1
-    wanted = cpu_devices_for(pop, EVAL_EPISODES)
+    wanted = cpu_devices_for(pop, EVAL_EPISODES, fused_policy=_fused_policy())
     return wanted if wanted <= jax.device_count() else 1
 
 
@@ -120,7 +132,8 @@ def throughput(pop: int, generations: int, repeats: int) -> dict:
     # not, so its second call compiles again (ours casts the init state, see evolution.strong_types).
     carry = _block(chunk(chunk(init(jax.random.PRNGKey(1)), marker), marker))  # compile
     auto = _auto_devices(pop)
-    engines = {"ours": _ours_runner(pop, early_exit=False, eval_episodes=1)}  # no evaluation here
+    engines = {"ours": _ours_runner(pop, early_exit=False, eval_episodes=1),  # no evaluation here
+               "ours_dots": _ours_runner(pop, early_exit=False, eval_episodes=1, small_dense=0)}
     if auto > 1:
         engines["ours_auto"] = _ours_runner(pop, early_exit=False, eval_episodes=auto, devices=auto)
     states = {}
@@ -146,7 +159,9 @@ def throughput(pop: int, generations: int, repeats: int) -> dict:
            "ratio": t_theirs / t_ours, "ratio_median": statistics.median(wall["evosax"]) / statistics.median(wall["ours"]),
            "ratio_cpu_time": min(cpu["evosax"]) / min(cpu["ours"]),
            "evosax_s_per_member": t_theirs / pop, "ours_s_per_member": t_ours / pop,
-           "evosax_s_per_generation": t_theirs, "ours_s_per_generation": t_ours, "auto_devices": auto}
+           "evosax_s_per_generation": t_theirs, "ours_s_per_generation": t_ours, "auto_devices": auto,
+           "ours_dots_s_per_generation": min(wall["ours_dots"]), "ratio_dots": t_theirs / min(wall["ours_dots"]),
+           "small_dense_speedup": min(wall["ours_dots"]) / t_ours}
     if auto > 1:
         t_auto = min(wall["ours_auto"])
         row.update(ours_auto_steps_per_s=work / t_auto, ratio_auto=t_theirs / t_auto,
@@ -199,6 +214,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(pops, [r["evosax_s_per_member"] * 1e3 for r in rows], "o-", label="evosax GymnaxProblem + CMA_ES")
     ax.plot(pops, [r["ours_s_per_member"] * 1e3 for r in rows], "s-", label="worldmodels_jax.evolve (CMA_ES)")
+    if all("ours_dots_s_per_generation" in r for r in rows):
+        ax.plot(pops, [r["ours_dots_s_per_generation"] / r["population"] * 1e3 for r in rows], "x--",
+                label="worldmodels_jax.evolve, policy as XLA dots")
     auto = [r for r in rows if r.get("auto_devices", 1) > 1]
     if auto:
         ax.plot([r["population"] for r in auto], [r["ours_auto_s_per_generation"] / r["population"] * 1e3 for r in auto],
@@ -224,12 +242,12 @@ def _in_a_process_with_one_device_per_core(quick: bool, out: Path) -> dict | Non
     CPU device per core (so that `ours_auto` can be measured, as `wmj evolve` runs); None where that is not needed."""
     import subprocess
 
-    from worldmodels_jax.evolve import cpu_devices_for
+    from worldmodels_jax.evolve import cpu_devices_environ, cpu_devices_for
 
     cores = os.cpu_count() or 1
     pops = _populations(quick)
     if (jax.default_backend() != "cpu" or jax.device_count() >= cores or os.environ.get("WMJ_BENCH_CHILD")
-            or max(cpu_devices_for(p, EVAL_EPISODES) for p in pops) < 2):
+            or max(cpu_devices_for(p, EVAL_EPISODES, fused_policy=_fused_policy()) for p in pops) < 2):
         return None
     env = {**cpu_devices_environ(cores), "WMJ_BENCH_CHILD": "1", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), *(["--quick"] if quick else [])]
@@ -256,7 +274,8 @@ def run(quick: bool = True, out: str | Path = "benchmarks/results") -> dict:
                 f"{row['ratio_auto']:.2f} (median {row['ratio_auto_median']:.2f})") if row["auto_devices"] > 1 else ""
         print(f"pop {pop:5d}: evosax {row['evosax_steps_per_s'] / 1e6:.2f}M steps/s, ours "
               f"{row['ours_steps_per_s'] / 1e6:.2f}M steps/s, ratio {row['ratio']:.2f} (median "
-              f"{row['ratio_median']:.2f}, CPU time {row['ratio_cpu_time']:.2f}){auto}", flush=True)
+              f"{row['ratio_median']:.2f}, CPU time {row['ratio_cpu_time']:.2f}); policy as dots {row['ratio_dots']:.2f}"
+              f"{auto}", flush=True)
     solve_pops = [64] if quick else [64, 256]
     solves = []
     for pop in solve_pops:

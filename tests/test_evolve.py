@@ -73,6 +73,19 @@ def test_episodes_match_population_returns_with_common_random_numbers():
     assert np.all(np.asarray(lengths) <= 120) and np.any(np.asarray(lengths) < 120)
 
 
+def test_small_dense_layers_leave_the_engine_s_generations_unchanged():
+    """The policy's Dense layers as multiply-adds (the CPU default) give the generations of XLA's dots."""
+    metrics = {}
+    for small in (0, None):
+        config = EvolveConfig(seed=4, small_dense=small, early_exit=False)
+        problem = _cartpole(config, hidden=(32,))
+        assert problem.agent.small_dense_entries == (0 if small == 0 else ev.resolve_small_dense(None))
+        engine = make_engine(problem, _small_es(), config)
+        _, metrics[small] = engine.run_generations(engine.init(), 3)
+    for name in ("return_mean", "return_max", "fitness_best", "env_steps"):
+        np.testing.assert_allclose(metrics[None][name], metrics[0][name], rtol=1e-6)
+
+
 def test_step_without_reset_is_gymnax_step_before_its_auto_reset():
     """The engine's step: gymnax's `step` (same key split) minus the reset, so a finished episode's state stays
     the stepped one (`final_observation`) instead of a fresh episode's."""
@@ -314,6 +327,21 @@ def test_cpu_devices_for_gives_each_device_enough_members_and_divides_the_work()
     assert ev.cpu_devices_for(3 * per, 16, cores=4) == 2  # 3 does not divide eval_episodes 16
     assert ev.cpu_devices_for(2 * per, 3, cores=2) == 1  # nor does 2 divide 3
     assert ev.cpu_devices_for(2 * per, 8, pop_chunk=3, cores=2) == 1  # 3 does not divide a device's 2048
+    assert ev.cpu_devices_for(2 * per, 8, cores=2, fused_policy=True) == 1  # XLA spreads its loop over the cores
+
+
+def test_cli_picks_one_device_for_a_fused_policy_and_one_per_core_for_dots(monkeypatch):
+    from worldmodels_jax import evolve_cli
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    if jax.default_backend() != "cpu" or jax.local_device_count() > 1:
+        pytest.skip("the automatic count applies to a single-device CPU process")
+    population = str(2 * ev.MIN_MEMBERS_PER_CPU_DEVICE)
+    wanted = lambda *extra: evolve_cli._cpu_devices_wanted(  # noqa: E731
+        evolve_cli.build_parser().parse_args(["--population", population, *extra]))
+    assert wanted() is None  # MLP 4-32-2: fused by the default --small-dense
+    assert wanted("--small-dense", "0") == 2
+    assert wanted("--hidden", "64", "64") == 2  # its 64 × 64 layer stays a dot
 
 
 def test_cpu_devices_environ_sets_the_count_and_drops_a_forced_one():
@@ -396,6 +424,8 @@ def test_invalid_configuration_is_a_clear_error():
         ev.validate(ESConfig(population=16), EvolveConfig(pop_chunk=3), n_devices=2)
     with pytest.raises(ConfigError, match="eval_episodes 6"):
         ev.validate(ESConfig(population=16, eval_episodes=6), EvolveConfig(), n_devices=4)
+    with pytest.raises(ConfigError, match="small_dense must be None"):
+        EvolveConfig(small_dense=-1)
     with pytest.raises(ConfigError, match=f"only {jax.device_count()} exist"):
         ev.make_mesh(jax.device_count() + 1)
     env, params = gymnax.make("CartPole-v1")
@@ -426,6 +456,8 @@ def test_cli_errors_are_reported_with_exit_code_2(capsys):
     assert "population must be >= 2" in capsys.readouterr().err
     assert main(["--env", "Breakout-MinAtar", "--generations", "1", "--quiet"]) == 2
     assert "vector observation space" in capsys.readouterr().err
+    assert main(["--small-dense", "big", "--generations", "1", "--quiet"]) == 2
+    assert "--small-dense must be auto" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- learning

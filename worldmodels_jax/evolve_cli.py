@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=None, help="shard over the first N devices (default: all)")
     p.add_argument("--cpu-devices", default="auto",
                    help="on a CPU host, simulate this many CPU devices (one thread each) and shard over them; "
-                        "auto: one per core for populations of at least 2048 members per core, else 1 "
-                        "(evolve.cpu_devices_for); ignored on GPU/TPU")
+                        "auto: one per core for populations of at least 2048 members per core and a policy that "
+                        "--small-dense does not fuse whole, else 1 (evolve.cpu_devices_for); ignored on GPU/TPU")
+    p.add_argument("--small-dense", default="auto",
+                   help="compute the policy's Dense layers with at most 32 inputs and at most N kernel entries as "
+                        "multiply-adds fused with the env step (same function; models.small_dense); auto: 256 on "
+                        "the CPU, off on GPU/TPU; 0: off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run directory (metrics, checkpoints, summary)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -93,7 +97,13 @@ def _cpu_devices_wanted(args) -> int | None:
     if args.cpu_devices == "auto":
         if args.devices is not None:  # the user chose the mesh
             return None
-        wanted = cpu_devices_for(args.population, args.eval_episodes, args.pop_chunk)
+        from worldmodels_jax.models.small_dense import all_dense_small, resolve_small_dense
+
+        env, env_params, policy = _env_and_policy(args)
+        obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
+        fused = all_dense_small(policy.init(jax.random.PRNGKey(0), obs, jax.random.PRNGKey(0)),
+                                resolve_small_dense(_small_dense(args)))
+        wanted = cpu_devices_for(args.population, args.eval_episodes, args.pop_chunk, fused_policy=fused)
         # never fewer than the user already simulates (XLA_FLAGS=--xla_force_host_platform_device_count)
         return wanted if wanted > jax.local_device_count() else None
     try:
@@ -139,13 +149,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _small_dense(args) -> int | None:
+    from worldmodels_jax.errors import ConfigError
+
+    if args.small_dense == "auto":
+        return None
+    if not args.small_dense.isdigit():
+        raise ConfigError(f"--small-dense must be auto or a kernel size >= 0 (0: off), got {args.small_dense!r}")
+    return int(args.small_dense)
+
+
+def _env_and_policy(args):
+    """(env, env_params, the MLPPolicy sized for it)."""
+    import gymnax
+
+    from worldmodels_jax.errors import EnvError
+    from worldmodels_jax.evolve import mlp_for_env
+
+    try:
+        import worldmodels_jax.envs  # noqa: F401  (registers our envs with gymnax)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        env, env_params = gymnax.make(args.env)
+    except Exception as err:  # noqa: BLE001
+        raise EnvError(f"unknown gymnax env {args.env!r} ({str(err)[:200]})") from err
+    hidden = () if args.policy == "linear" else tuple(args.hidden)
+    return env, env_params, mlp_for_env(env, env_params, hidden, args.stochastic, args.env)
+
+
 def _run(args) -> int:
     import jax
-    import gymnax
 
     from worldmodels_jax.errors import ConfigError
     from worldmodels_jax.evolution import ESConfig
-    from worldmodels_jax.evolve import EvolveConfig, env_problem, evolve, mlp_for_env
+    from worldmodels_jax.evolve import EvolveConfig, env_problem, evolve
 
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out (the run directory to continue)")
@@ -154,19 +192,8 @@ def _run(args) -> int:
                   eval_episodes=args.eval_episodes, target_score=args.target,
                   common_random_numbers=not args.no_crn, open_es_lr=args.lr, antithetic=not args.no_antithetic)
     config = EvolveConfig(seed=args.seed, pop_chunk=args.pop_chunk, max_steps=args.max_steps,
-                          normalize_obs=args.normalize_obs, devices=args.devices)
-    try:
-        import worldmodels_jax.envs  # noqa: F401
-    except Exception:  # noqa: BLE001
-        pass
-    from worldmodels_jax.errors import EnvError
-
-    try:
-        env, env_params = gymnax.make(args.env)
-    except Exception as err:  # noqa: BLE001
-        raise EnvError(f"unknown gymnax env {args.env!r} ({str(err)[:200]})") from err
-    hidden = () if args.policy == "linear" else tuple(args.hidden)
-    policy = mlp_for_env(env, env_params, hidden, args.stochastic, args.env)
+                          normalize_obs=args.normalize_obs, devices=args.devices, small_dense=_small_dense(args))
+    env, env_params, policy = _env_and_policy(args)
     problem = env_problem(env, policy, env_params=env_params, config=config)
 
     on_chunk = (lambda record: time.sleep(args.chunk_delay)) if args.chunk_delay > 0 else None
