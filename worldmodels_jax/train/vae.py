@@ -120,8 +120,9 @@ def make_vae_step(vae_config: VAEConfig, config: VAETrainConfig):
         4. the dense stages' backward, then the encoder's per micro-batch, layer by layer from the kept outputs:
            the ReLU's mask from the layer's output, then the convolution's pullback at its kept input. The
            pullback's own forward matmul is unused, and XLA drops it. Keeping the outputs (20 MB at batch 100)
-           instead of recomputing the encoder (about 10 % of the step's multiply-adds) made the step about 8 %
-           faster; keeping whole pullbacks (their im2col patches) had been no faster than recomputing.
+           instead of recomputing the encoder (about 10 % of the step's multiply-adds) made the step 4-7 % faster
+           in an A/B in one process; keeping whole pullbacks (their im2col patches) had been no faster than
+           recomputing (docs/fast_cpu_layers.md).
         Each stage is differentiated with respect to its own parameters only (`stage_parameters`).
         """
         batch = images.shape[0]
