@@ -8,7 +8,7 @@ multiply-adds instead, y = Σₖ x[..., k] · kernel[k] + bias, a small layer is
 fuses with the activation, the next small layer and the env step into one loop.
 
 Measured on the 2-core CPU (CartPole-v1, 4 rollouts × 500 steps, CMA-ES, one device; docs/evolve.md): an MLP
-4-32-2 steps 1.5-2.4x faster per generation at populations 64-4096, 4-16-2 2.25x, 4-32-32-2 1.55x (its
+4-32-2 steps 1.7-2.8x faster per generation at populations 64-4096, 4-16-2 2.25x, 4-32-32-2 1.55x (its
 32 × 32 layer stays a dot: as multiply-adds that one is slower), and env-bound Acrobot/Pendulum 1.1x.
 Larger layers lose (64 × 64: 0.65x), hence the limits below.
 
