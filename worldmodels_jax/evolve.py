@@ -374,6 +374,20 @@ def check_env_spaces(env, env_params, env_id: str = "the env", need_vector_obs: 
                    "need Discrete or a 1-D Box")
 
 
+def make_gymnax_env(env_id: str):
+    """`gymnax.make(env_id)` with our envs registered; an unknown id is an EnvError."""
+    import gymnax
+
+    try:
+        import worldmodels_jax.envs  # noqa: F401  (registers our envs with gymnax)
+    except Exception:  # noqa: BLE001 - optional extras
+        pass
+    try:
+        return gymnax.make(env_id)
+    except Exception as err:  # noqa: BLE001 - gymnax raises ValueError with a long list
+        raise EnvError(f"unknown gymnax env {env_id!r} ({str(err)[:200]})") from err
+
+
 def env_problem(env, policy: nn.Module | None = None, *, agent=None, template=None, wm_params=None,
                 env_params=None, config: EvolveConfig = EvolveConfig(), key: jax.Array | None = None) -> EnvProblem:
     """An `EnvProblem` for a gymnax env (an id, registered with gymnax, or an Environment instance).
@@ -382,18 +396,9 @@ def env_problem(env, policy: nn.Module | None = None, *, agent=None, template=No
     `key` unless `template` is given), or `agent` (rollouts.py's protocol, e.g. V+M+C on pixels) with its
     controller `template` and `wm_params`.
     """
-    import gymnax
-
     env_id = env if isinstance(env, str) else type(env).__name__
     if isinstance(env, str):
-        try:
-            import worldmodels_jax.envs  # noqa: F401  (registers our envs with gymnax)
-        except Exception:  # noqa: BLE001 - optional extras
-            pass
-        try:
-            env, default_params = gymnax.make(env)
-        except Exception as err:  # noqa: BLE001 - gymnax raises ValueError with a long list
-            raise EnvError(f"unknown gymnax env {env_id!r} ({str(err)[:200]})") from err
+        env, default_params = make_gymnax_env(env)
         env_params = default_params if env_params is None else env_params
     elif env_params is None:
         env_params = env.default_params

@@ -99,11 +99,13 @@ def _cpu_devices_wanted(args) -> int | None:
             return None
         from worldmodels_jax.models.small_dense import all_dense_small, resolve_small_dense
 
-        env, env_params, policy = _env_and_policy(args)
-        obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
-        fused = all_dense_small(policy.init(jax.random.PRNGKey(0), obs, jax.random.PRNGKey(0)),
-                                resolve_small_dense(_small_dense(args)))
-        wanted = cpu_devices_for(args.population, args.eval_episodes, args.pop_chunk, fused_policy=fused)
+        wanted = cpu_devices_for(args.population, args.eval_episodes, args.pop_chunk)
+        if wanted > 1:  # only then does the policy's shape matter
+            env, env_params, policy = _env_and_policy(args)
+            obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
+            template = policy.init(jax.random.PRNGKey(0), obs, jax.random.PRNGKey(0))
+            if all_dense_small(template, resolve_small_dense(_small_dense(args))):
+                wanted = 1
         # never fewer than the user already simulates (XLA_FLAGS=--xla_force_host_platform_device_count)
         return wanted if wanted > jax.local_device_count() else None
     try:
@@ -161,19 +163,9 @@ def _small_dense(args) -> int | None:
 
 def _env_and_policy(args):
     """(env, env_params, the MLPPolicy sized for it)."""
-    import gymnax
+    from worldmodels_jax.evolve import make_gymnax_env, mlp_for_env
 
-    from worldmodels_jax.errors import EnvError
-    from worldmodels_jax.evolve import mlp_for_env
-
-    try:
-        import worldmodels_jax.envs  # noqa: F401  (registers our envs with gymnax)
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        env, env_params = gymnax.make(args.env)
-    except Exception as err:  # noqa: BLE001
-        raise EnvError(f"unknown gymnax env {args.env!r} ({str(err)[:200]})") from err
+    env, env_params = make_gymnax_env(args.env)
     hidden = () if args.policy == "linear" else tuple(args.hidden)
     return env, env_params, mlp_for_env(env, env_params, hidden, args.stochastic, args.env)
 
