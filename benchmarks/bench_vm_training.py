@@ -7,7 +7,9 @@ M: the MDN-RNN (LSTM 256, K 5, z 32, action 3), one Adam step (lr 1e-3, gradient
    sequences of T steps, in sequence-steps/s (100 * T per step), with the training loss (`MDNRNN.observe_nll`).
 
 All contestants are measured in the same process, interleaved round-robin (one timed repeat of each in turn),
-after a warm-up; the figure is the median over repeats, with JAX results `block_until_ready`. JAX's compile time
+after a warm-up; the figure is the median over repeats, with JAX results `block_until_ready`. Then the goal's
+pair (the library's default against PyTorch) runs alone for 15 more rounds, and the median of the per-round
+ratios is reported as "paired": each ratio compares two back-to-back measurements, so drifting load cancels. JAX's compile time
 (the first call) is reported separately. Before timing, each side loads the same parameters and the benchmark
 checks that JAX and PyTorch give the same loss, so the maths compared is the same.
 
@@ -47,6 +49,7 @@ except ImportError:  # pragma: no cover - torch missing
 BATCH = 100
 Z = 32
 ACTION = 3
+PAIRED_REPEATS = {False: (15, 2), True: (5, 1)}  # (rounds, steps per round) of the goal's pair, full / quick
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,6 +73,23 @@ def _round_robin(
             times[name][0].append((time.perf_counter() - t0) / steps)
             times[name][1].append((time.process_time() - c0) / steps)
     return times
+
+
+def _paired(ours: Callable[[], Any], torch_step: Callable[[], Any], repeats: int, steps: int) -> dict[str, Any]:
+    """The goal's pair alone, interleaved: per round, PyTorch's time / ours for the same `steps` steps.
+
+    Each ratio compares two measurements taken back to back, so load that drifts over the run (this machine is a
+    shared VM) cancels out of it; the median and quartiles of the per-round ratios are the figure with the least
+    spread. The ablation contestants are left out of these rounds.
+    """
+    times = _round_robin({"ours": ours, "torch": torch_step}, repeats, steps)
+    ratios = [t / o for o, t in zip(times["ours"][0], times["torch"][0])]
+    q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {
+        "repeats": repeats, "steps": steps, "ratio_median": statistics.median(ratios), "ratio_q1": q1,
+        "ratio_q3": q3, "ratios": ratios, "ours_ms_median": 1e3 * statistics.median(times["ours"][0]),
+        "torch_ms_median": 1e3 * statistics.median(times["torch"][0]),
+    }
 
 
 def _summary(seconds: tuple[list[float], list[float]], items_per_step: int) -> dict[str, float]:
@@ -176,6 +196,9 @@ def bench_vae(quick: bool) -> dict:
     for name, secs in times.items():
         result[name] = _summary(secs, BATCH)
     _ratios(result, contestants)
+    if torch is not None:
+        result["paired"] = {"contestant": "jax_fast",
+                            **_paired(contestants["jax_fast"], contestants["torch"], *PAIRED_REPEATS[quick])}
     return result
 
 
@@ -261,6 +284,8 @@ def bench_mdn(quick: bool, seq_len: int | None = None) -> dict:
     for name, secs in times.items():
         result[name] = _summary(secs, BATCH * seq_len)
     _ratios(result, contestants)
+    if torch is not None:
+        result["paired"] = {"contestant": "jax", **_paired(run_jax, run_torch, *PAIRED_REPEATS[quick])}
     return result
 
 
@@ -315,6 +340,13 @@ def _print(res: dict) -> None:
             print(
                 f"  {name:10s} {s['items_per_s']:10.0f} {unit}  {s['ms_per_step']:8.1f} ms/step "
                 f"(min {s['ms_per_step_min']:.0f}, CPU {s['cpu_ms_per_step']:.0f} ms){extra}{comp}"
+            )
+        if "paired" in r:
+            p = r["paired"]
+            print(
+                f"  paired, {p['contestant']} vs torch alone, {p['repeats']} rounds of {p['steps']} steps: "
+                f"{p['ratio_median']:.2f}x torch (quartiles {p['ratio_q1']:.2f}-{p['ratio_q3']:.2f}; "
+                f"{p['ours_ms_median']:.1f} vs {p['torch_ms_median']:.1f} ms/step)"
             )
 
 

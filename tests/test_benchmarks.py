@@ -188,6 +188,29 @@ def test_every_registered_benchmark_module_imports():
         assert callable(module.run), name
 
 
+def test_vm_training_paired_ratio_on_a_fake_clock(monkeypatch):
+    """The paired figure is the median of per-round ratios (PyTorch's time / ours), and the suite prints it."""
+    bench_vm_training = bench._benchmarks_module("bench_vm_training")
+    clock = {"t": 0.0}
+    monkeypatch.setattr(bench_vm_training.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(bench_vm_training.time, "process_time", lambda: clock["t"])
+    ours_seconds = iter([1.0, 1.0, 2.0, 2.0, 1.0, 1.0])  # rounds of 2 steps: 1 s, 2 s, 1 s per step
+    torch_seconds = iter([1.5, 1.5, 2.0, 2.0, 3.0, 3.0])  # 1.5 s, 2 s, 3 s: ratios 1.5, 1.0, 3.0
+
+    def advance(seconds):
+        clock["t"] += next(seconds)
+
+    paired = bench_vm_training._paired(lambda: advance(ours_seconds), lambda: advance(torch_seconds), 3, 2)
+    assert paired["ratios"] == [1.5, 1.0, 3.0]
+    assert paired["ratio_median"] == 1.5
+    assert paired["ours_ms_median"] == 1000.0 and paired["torch_ms_median"] == 2000.0
+    record = {"vae": {"paired": {"contestant": "jax_fast", **paired}}, "mdnrnn": {}}
+    _, rows = bench._rows("vm_training", record)
+    assert rows == [["vae training step, jax_fast and PyTorch alone, paired (3 rounds)", "1000.0 ms/step",
+                     "PyTorch CPU 2000.0 ms/step",
+                     f"1.50× (quartiles {paired['ratio_q1']:.2f}-{paired['ratio_q3']:.2f})"]]
+
+
 @pytest.mark.slow  # the tiny pipeline end to end: ~1.5 min of CPU, over 3 min wall on a busy 2-core machine
 def test_pipeline_benchmark_toy(tmp_path):
     result = bench_pipeline.run(toy=True, peak_flop_per_s=1e11, out_dir=str(tmp_path))

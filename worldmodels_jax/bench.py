@@ -360,6 +360,13 @@ def _rows(name: str, r: dict) -> tuple[list[str], list[list[str]]]:
                 if isinstance(val, dict) and "items_per_s" in val and key != "torch":
                     rows.append([f"{part} training step, {key}", _fmt(val["items_per_s"], unit),
                                  f"PyTorch CPU {_fmt(anchor, unit)}", _ratio(_get(sub, "ratio_vs_torch", key))])
+            paired = sub.get("paired")
+            if paired:
+                rows.append([f"{part} training step, {paired['contestant']} and PyTorch alone, paired "
+                             f"({paired['repeats']} rounds)", f"{paired['ours_ms_median']:.1f} ms/step",
+                             f"PyTorch CPU {paired['torch_ms_median']:.1f} ms/step",
+                             f"{_ratio(paired['ratio_median'])} (quartiles {paired['ratio_q1']:.2f}-"
+                             f"{paired['ratio_q3']:.2f})"])
         return ["Figure", "Value", "Anchor", "Ratio"], rows
     if name == "dqn":
         rows = []
