@@ -456,8 +456,11 @@ NOTES = {
                    "(`train.vae.make_vae_step`: fast convolution layers, convolution stages in micro-batches of 20, "
                    "dense stages on the whole batch); `jax_fast_whole_batch` the same layers without micro-batches; "
                    "`jax_xla` plain Flax layers. M runs the training loss `MDNRNN.observe_nll`. Contestants are "
-                   "interleaved round-robin in one process; figures are medians. The ratio moves by about ±0.05 "
-                   "between runs (PyTorch's step time alone moved 204-224 ms in five runs of the same hour).",
+                   "interleaved round-robin in one process; figures are medians. The 'paired' rows then run the goal's "
+                   "pair alone for 15 more rounds: the median of the per-round ratios (PyTorch's time / ours, two "
+                   "back-to-back measurements) with its quartiles, the figure least moved by drifting load. The "
+                   "ratio still moves by about ±0.05 between runs: four runs on 2026-11-30 gave V 1.00, 1.04, 1.12 "
+                   "and 1.01 paired (0.98-1.01 round-robin), M 1.10-1.18.",
     "neuroevolution": "Goal (issue 7): env steps/s ≥ 1.0× evosax `GymnaxProblem` + `CMA_ES` on identical work (CartPole-v1, "
                       "MLP 4-32-2, 4 rollouts of 500 steps, every step simulated). The ratio is the minimum time over 7 "
                       "interleaved repeats; medians are in the JSON. Ours computes the policy's small Dense layers as "
