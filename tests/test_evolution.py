@@ -10,7 +10,8 @@ import pytest
 
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.evolution import WORST_FITNESS, ESConfig, es_state_is_finite, make_evolution
-from worldmodels_jax.rollouts import WorldModelParams, population_returns, run_episodes
+from worldmodels_jax.models.controller import ActionMapping, Controller, ControllerConfig, init_controller
+from worldmodels_jax.rollouts import Agent, WorldModelParams, population_returns, run_episodes
 
 
 def test_cma_es_maximises_fitness():
@@ -134,3 +135,30 @@ def test_population_returns_use_common_random_numbers():
                                      jax.random.PRNGKey(0), rollouts=1, max_steps=500, chunk=10,
                                      common_random_numbers=False)
     assert len(np.unique(np.asarray(independent))) > 1
+
+
+def test_held_features_replace_c_s_input_before_standardisation():
+    """`WorldModelParams.held`: C sees the held z or h (then standardised), whatever the observation."""
+    config = ControllerConfig(mode="z_h", z_size=3, feature_size=2, num_outputs=2)
+    controller = Controller(config)
+    c_params = init_controller(jax.random.PRNGKey(0), config)
+    agent = Agent(controller=controller, mapping=ActionMapping("box", 2, (-1.0, -1.0), (1.0, 1.0)),
+                  obs_kind="features")
+    z, h = jnp.array([0.3, -1.2, 2.0]), jnp.array([1.5, -0.7])
+    stats = {"z_mean": jnp.array([0.1, 0.2, 0.3]), "z_std": jnp.array([1.0, 2.0, 4.0]),
+             "h_mean": jnp.array([0.5, -0.5]), "h_std": jnp.array([2.0, 0.5])}
+    carry = agent.init_carry(None)
+
+    def act(held):
+        wm = WorldModelParams(feature_stats=stats, held=held)
+        return agent.act(wm, c_params, carry, jnp.concatenate([z, h]), jnp.array(False), jax.random.PRNGKey(1))[0]
+
+    def by_hand(z_in, h_in):
+        raw = controller.apply({"params": c_params}, (z_in - stats["z_mean"]) / stats["z_std"],
+                               (h_in - stats["h_mean"]) / stats["h_std"], None)
+        return agent.mapping(raw)
+
+    np.testing.assert_allclose(act(None), by_hand(z, h), rtol=1e-6)
+    np.testing.assert_allclose(act({"h": stats["h_mean"]}), by_hand(z, stats["h_mean"]), rtol=1e-6)
+    np.testing.assert_allclose(act({"z": stats["z_mean"]}), by_hand(stats["z_mean"], h), rtol=1e-6)
+    assert not np.allclose(act({"h": stats["h_mean"]}), act(None))  # holding h changes what C does

@@ -43,6 +43,28 @@ def test_end_to_end_writes_every_artifact(tiny_run):
     assert sum("eval_mean" in r for r in records) == TINY.controller.es.generations // TINY.controller.es.eval_every
 
 
+def test_feature_ablation_reproduces_the_evaluate_stage_and_holds_features(tiny_run, capsys):
+    pipeline = Pipeline(get_preset("tiny"), tiny_run, progress=False)
+    recorded = json.loads((tiny_run / "stages" / "evaluate.json").read_text())["results"]
+    for mode in ("z_h", "z"):  # the same episodes as the evaluate stage, so the same returns
+        assert pipeline.evaluate_controller(mode) == recorded[mode]
+    held = pipeline.evaluate_controller("z_h", ("h",))
+    assert held["episodes"] == recorded["z_h"]["episodes"] and held != recorded["z_h"]
+    with pytest.raises(ConfigError, match="hold must name"):
+        pipeline.evaluate_controller("z", ("h",))  # z's controller has no h
+    with pytest.raises(ConfigError, match="hold must name"):
+        pipeline.evaluate_controller("z_h", ("c",))
+    with pytest.raises(ConfigError, match="was not trained"):
+        pipeline.evaluate_controller("z_hidden")
+    assert wmj(["evaluate", "--out", str(tiny_run), "--hold-at-mean", "h", "--hold-at-mean", "z,h"]) == 0
+    payload = json.loads((tiny_run / "feature_ablation.json").read_text())
+    assert set(payload["results"]) == {"z_h"}  # only the mode whose input has h
+    assert payload["results"]["z_h"]["as trained"] == recorded["z_h"]
+    assert payload["results"]["z_h"]["h at mean"] == held
+    assert "z+h at mean" in payload["results"]["z_h"] and "feature_ablation.json" in capsys.readouterr().out
+    assert wmj(["evaluate", "--out", str(tiny_run), "--hold-at-mean", "x", "--mode", "z"]) == 2
+
+
 def test_rerun_of_a_finished_run_is_a_no_op(tiny_run):
     before = (tiny_run / "stages" / "train-vae.json").read_text()
     pipeline = Pipeline(get_preset("tiny"), tiny_run, progress=False)

@@ -6,6 +6,7 @@
     wmj dream --out DIR [--temperature T] [--steps N]   (a GIF of an episode imagined by M, decoded by V)
     wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N [--mode z_h] [--seed S] [--max-steps T]
         (a CarRacing-v0 run's V + M + C on gymnasium's CarRacing-v3; needs `pip install -e '.[gymnasium]'`)
+    wmj evaluate --out DIR --hold-at-mean h [--hold-at-mean z] [--mode z_h]   (C's input held at its data mean)
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
     wmj evolve --env ... --policy ... --strategy CMA_ES --population N
     wmj bench [--quick] [--only NAME]
@@ -165,6 +166,39 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
     return 0
 
 
+def cmd_evaluate_held(args, rest) -> int:
+    """`wmj evaluate --out DIR --hold-at-mean h [--hold-at-mean z] [--mode z_h]`: a feature ablation."""
+    from worldmodels_jax.pipeline import Pipeline, load_config
+    from worldmodels_jax.rundir import write_json_atomic
+
+    parser = argparse.ArgumentParser(prog="wmj evaluate --hold-at-mean")
+    parser.add_argument("--hold-at-mean", action="append", required=True, metavar="FEATURES",
+                        help="'z', 'h' or 'z,h': C sees these at their training-data mean (repeat for more)")
+    parser.add_argument("--mode", action="append", default=None,
+                        help="controller mode(s); default: every trained mode whose input has the features")
+    extra = parser.parse_args(rest)
+    holds = [tuple(part for part in value.split(",") if part) for value in extra.hold_at_mean]
+    pipeline = Pipeline(load_config(args.out), args.out, progress=False)
+    memory_modes = ("z_h", "z_c_h")
+    modes = extra.mode or [m for m in pipeline.config.controller.modes
+                           if m in memory_modes or not any("h" in hold for hold in holds)]
+    results = {}
+    for mode in modes:
+        results[mode] = {"as trained": pipeline.evaluate_controller(mode)}
+        for hold in holds:
+            results[mode][f"{'+'.join(hold)} at mean"] = pipeline.evaluate_controller(mode, hold)
+    payload = {"episodes": pipeline.config.evaluate.episodes, "results": results}
+    write_json_atomic(args.out / "feature_ablation.json", payload)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"{payload['episodes']} evaluation episodes (the evaluate stage's), C's input held at the data mean:")
+        for mode, rows in results.items():
+            print(f"  {mode}: " + "; ".join(f"{k} {r['mean']:.1f} ± {r['std']:.1f}" for k, r in rows.items()))
+        print(f"wrote {args.out / 'feature_ablation.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream")
@@ -195,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_dream(args, rest)
         if command == "evaluate" and any(a.split("=")[0] == "--gymnasium" for a in rest):
             return cmd_evaluate_gymnasium(args, rest)
+        if command == "evaluate" and any(a.split("=")[0] == "--hold-at-mean" for a in rest):
+            return cmd_evaluate_held(args, rest)
         return cmd_stage(command, args, rest)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)

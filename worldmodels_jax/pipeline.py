@@ -453,6 +453,34 @@ class Pipeline:
     def evaluate(self):
         return self._timed("evaluate", self._evaluate)
 
+    def evaluate_controller(self, mode: str, hold: tuple[str, ...] = ()) -> dict:
+        """Mean ± std of controller `mode` on the evaluate stage's episodes (the same tracks / keys).
+
+        `hold` is a feature ablation: each of "z" and "h" named is replaced, in C's input only, by its mean over
+        the training data (M still steps on the real z). For example hold=("h",) asks how much a z + h
+        controller drives from h.
+        """
+        if mode not in self.config.controller.modes:
+            raise ConfigError(f"mode {mode!r} was not trained in {self.run.path}; trained: "
+                              f"{', '.join(self.config.controller.modes)}")
+        uses_memory = mode in ("z_h", "z_c_h")
+        unknown = [name for name in hold if name not in ("z", "h")]
+        if unknown or ("h" in hold and not uses_memory):
+            allowed = "'z' or 'h'" if uses_memory else "'z'"
+            raise ConfigError(f"hold must name features of the {mode!r} controller's input, {allowed}; "
+                              f"got {', '.join(hold)}")
+        cfg = self.config.evaluate
+        max_steps = self._max_steps(cfg.max_episode_steps)
+        wm = self.world_model_params(uses_memory)
+        if hold:
+            stats = wm.feature_stats if wm.feature_stats is not None else self.feature_stats(self.memory_params())
+            wm = wm.replace(held={name: stats[f"{name}_mean"] for name in hold})
+        agent = self.agent(mode)
+        stats = jax.jit(lambda p, k: evaluate_params(
+            self.env, self.env_params, agent, wm, p, k, cfg.episodes, max_steps,
+            self.config.controller.chunk_steps))(self.controller_params(mode), self.key("evaluate"))
+        return _summary(stats.returns)
+
     def _evaluate(self):
         cfg = self.config.evaluate
         max_steps = self._max_steps(cfg.max_episode_steps)
@@ -461,12 +489,7 @@ class Pipeline:
         modes = self.config.controller.modes
         with self._bar(len(modes) + 1, "evaluate") as bar:
             for mode in modes:
-                wm = self.world_model_params(mode in ("z_h", "z_c_h"))
-                agent = self.agent(mode)
-                stats = jax.jit(lambda p, k, a=agent, w=wm: evaluate_params(
-                    self.env, self.env_params, a, w, p, k, cfg.episodes, max_steps,
-                    self.config.controller.chunk_steps))(self.controller_params(mode), key)
-                results[mode] = _summary(stats.returns)
+                results[mode] = self.evaluate_controller(mode)
                 bar.update(1)
             stats = jax.jit(lambda k: random_policy_returns(self.env, self.env_params, k, cfg.episodes, max_steps))(key)
             results["random"] = _summary(stats.returns)

@@ -30,6 +30,9 @@ class WorldModelParams:
     memory: Any = None
     feature_stats: Any = None
     """Optional {"z_mean", "z_std", "h_mean", "h_std"}: C sees standardised z and h (M still sees raw z)."""
+    held: Any = None
+    """Optional {"z": value, "h": value}, a feature ablation: C sees these values instead of its z or h (before
+    any standardisation); M still steps on the real z (`Pipeline.evaluate_controller(mode, hold=...)`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +84,12 @@ class Agent:
             first: jax.Array, key: jax.Array):
         """One step for one environment: returns (action, next carry)."""
         stats = None if wm_params is None else wm_params.feature_stats
+        held = None if wm_params is None else wm_params.held
 
         def controller(z, h, c):
+            if held is not None:
+                z = jnp.broadcast_to(held["z"], z.shape) if "z" in held else z
+                h = jnp.broadcast_to(held["h"], h.shape) if "h" in held and h is not None else h
             if stats is not None:
                 z = (z - stats["z_mean"]) / stats["z_std"]
                 h = None if h is None else (h - stats["h_mean"]) / stats["h_std"]
