@@ -9,8 +9,8 @@ M: the MDN-RNN (LSTM 256, K 5, z 32, action 3), one Adam step (lr 1e-3, gradient
 All contestants are measured in the same process, interleaved round-robin (one timed repeat of each in turn),
 after a warm-up; the figure is the median over repeats, with JAX results `block_until_ready`. Then the goal's
 pair (the library's default against PyTorch) runs alone for 15 more rounds, and the median of the per-round
-ratios is reported as "paired": each ratio compares two back-to-back measurements, so drifting load cancels. JAX's compile time
-(the first call) is reported separately. Before timing, each side loads the same parameters and the benchmark
+ratios is reported as "paired": each ratio compares two back-to-back measurements, so drifting load cancels.
+JAX's compile time (the first call) is reported separately. Before timing, each side loads the same parameters and the benchmark
 checks that JAX and PyTorch give the same loss, so the maths compared is the same.
 
     .venv/bin/python -m benchmarks.bench_vm_training          # full run
@@ -84,7 +84,7 @@ def _paired(ours: Callable[[], Any], torch_step: Callable[[], Any], repeats: int
     """
     times = _round_robin({"ours": ours, "torch": torch_step}, repeats, steps)
     ratios = [t / o for o, t in zip(times["ours"][0], times["torch"][0])]
-    q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
     return {
         "repeats": repeats, "steps": steps, "ratio_median": statistics.median(ratios), "ratio_q1": q1,
         "ratio_q3": q3, "ratios": ratios, "ours_ms_median": 1e3 * statistics.median(times["ours"][0]),

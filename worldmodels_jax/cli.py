@@ -179,9 +179,9 @@ def cmd_evaluate_held(args, rest) -> int:
     extra = parser.parse_args(rest)
     holds = [tuple(part for part in value.split(",") if part) for value in extra.hold_at_mean]
     pipeline = Pipeline(load_config(args.out), args.out, progress=False)
-    memory_modes = ("z_h", "z_c_h")
+    # "as trained" is evaluated again, by the same code as the held rows, so every row compares like with like
     modes = extra.mode or [m for m in pipeline.config.controller.modes
-                           if m in memory_modes or not any("h" in hold for hold in holds)]
+                           if pipeline.agent(m).uses_memory or not any("h" in hold for hold in holds)]
     results = {}
     for mode in modes:
         results[mode] = {"as trained": pipeline.evaluate_controller(mode)}

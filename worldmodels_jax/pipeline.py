@@ -463,23 +463,22 @@ class Pipeline:
         if mode not in self.config.controller.modes:
             raise ConfigError(f"mode {mode!r} was not trained in {self.run.path}; trained: "
                               f"{', '.join(self.config.controller.modes)}")
-        uses_memory = mode in ("z_h", "z_c_h")
+        agent = self.agent(mode)
         unknown = [name for name in hold if name not in ("z", "h")]
-        if unknown or ("h" in hold and not uses_memory):
-            allowed = "'z' or 'h'" if uses_memory else "'z'"
+        if unknown or ("h" in hold and not agent.uses_memory):
+            allowed = "'z' or 'h'" if agent.uses_memory else "'z'"
             raise ConfigError(f"hold must name features of the {mode!r} controller's input, {allowed}; "
                               f"got {', '.join(hold)}")
         cfg = self.config.evaluate
         max_steps = self._max_steps(cfg.max_episode_steps)
-        wm = self.world_model_params(uses_memory)
+        wm = self.world_model_params(agent.uses_memory)
         if hold:
-            stats = wm.feature_stats if wm.feature_stats is not None else self.feature_stats(self.memory_params())
-            wm = wm.replace(held={name: stats[f"{name}_mean"] for name in hold})
-        agent = self.agent(mode)
-        stats = jax.jit(lambda p, k: evaluate_params(
+            means = wm.feature_stats if wm.feature_stats is not None else self.feature_stats(self.memory_params())
+            wm = wm.replace(held={name: means[f"{name}_mean"] for name in hold})
+        episodes = jax.jit(lambda p, k: evaluate_params(
             self.env, self.env_params, agent, wm, p, k, cfg.episodes, max_steps,
             self.config.controller.chunk_steps))(self.controller_params(mode), self.key("evaluate"))
-        return _summary(stats.returns)
+        return _summary(episodes.returns)
 
     def _evaluate(self):
         cfg = self.config.evaluate
