@@ -458,9 +458,10 @@ NOTES = {
                    "`jax_xla` plain Flax layers. M runs the training loss `MDNRNN.observe_nll`. Contestants are "
                    "interleaved round-robin in one process; figures are medians. The 'paired' rows then run the goal's "
                    "pair alone for 15 more rounds: the median of the per-round ratios (PyTorch's time / ours, two "
-                   "back-to-back measurements) with its quartiles, the figure least moved by drifting load. The "
-                   "ratio still moves by about ±0.05 between runs: four runs on 2026-11-30 gave V 1.00, 1.04, 1.12 "
-                   "and 1.01 paired (0.98-1.01 round-robin), M 1.10-1.18.",
+                   "back-to-back measurements) with its quartiles, the figure least moved by drifting load. V's "
+                   "ratio still moves between runs by more than its margin: seven runs on 2026-11-30 gave V 1.00, "
+                   "1.04, 1.12, 1.01 (01:05-01:24) and 0.80, 0.90, 1.05 (03:28-03:33) paired, 0.93-1.03 "
+                   "round-robin; M 1.10-1.18 paired in all seven.",
     "neuroevolution": "Goal (issue 7): env steps/s ≥ 1.0× evosax `GymnaxProblem` + `CMA_ES` on identical work (CartPole-v1, "
                       "MLP 4-32-2, 4 rollouts of 500 steps, every step simulated). The ratio is the minimum time over 7 "
                       "interleaved repeats; medians are in the JSON. Ours computes the policy's small Dense layers as "
