@@ -32,3 +32,22 @@ def test_sigma_fan_in_is_on_in_carracing_cpu_small_only_and_bad_values_are_clear
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="sigma_fan_in"):
             ControllerStageConfig(sigma_fan_in=bad)
+
+
+def test_carracing_cpu_small_population_is_at_least_cma_es_default_for_each_controller():
+    """Hansen's default CMA-ES population is 4 + floor(3 ln n) for n parameters: 15 for z (51), 20 for z + h
+    (243), 24 for z + hidden (803). Population 16 fell below it for the two larger controllers."""
+    import jax
+
+    from worldmodels_jax.models.controller import init_controller
+
+    preset = get_preset("carracing-cpu-small")
+    sizes = {}
+    for mode in preset.controller.modes:
+        config = ControllerConfig(mode=mode, z_size=preset.vae.z_size, feature_size=preset.mdn.hidden_size,
+                                  num_outputs=3, hidden_units=preset.controller.hidden_units)
+        sizes[mode] = sum(leaf.size for leaf in jax.tree.leaves(init_controller(jax.random.PRNGKey(0), config)))
+    assert sizes == {"z_h": 243, "z": 51, "z_hidden": 803}
+    defaults = {mode: 4 + math.floor(3 * math.log(n)) for mode, n in sizes.items()}
+    assert defaults == {"z_h": 20, "z": 15, "z_hidden": 24}
+    assert preset.controller.es.population >= max(defaults.values())
