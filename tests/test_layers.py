@@ -130,8 +130,8 @@ def test_every_transpose_formulation(fn, h, w, cin, cout, k):
 
 
 @pytest.mark.parametrize("fn", [L.conv_s2_im2col, L.conv_s2_s2d, L.conv_s2_s2d_im2col, L.conv_s2_s2d_col2im,
-                                L.conv_s2_fast],
-                         ids=["im2col", "s2d-conv", "s2d-im2col", "s2d-col2im", "fast"])
+                                L.conv_s2_fast, L.conv_s2_forward],
+                         ids=["im2col", "s2d-conv", "s2d-im2col", "s2d-col2im", "fast", "forward"])
 @pytest.mark.parametrize("h,w,cin,cout,k", [(31, 31, 4, 5, 4), (10, 9, 3, 2, 2), (9, 12, 2, 3, 4)])
 def test_every_conv_formulation(fn, h, w, cin, cout, k):
     x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, h, w, cin))
@@ -185,6 +185,8 @@ def test_impl_selection():
     assert L.resolve_impl("auto", backend="tpu") == "xla"
     assert L.resolve_impl("xla", backend="cpu") == "xla"
     assert L.resolve_impl("fast", backend="gpu") == "fast"
+    assert L.resolve_impl("forward", backend="cpu") == "forward"
+    assert L.resolve_impl("forward", backend="gpu") == "xla"
     assert L.resolve_impl("auto") == ("fast" if jax.default_backend() == "cpu" else "xla")
     with pytest.raises(ConfigError, match="conv impl"):
         L.resolve_impl("cudnn")
@@ -271,7 +273,25 @@ def test_conv_transpose_phases_is_the_xla_layer_in_phase_layout_values_and_gradi
         _assert_close(a, b)
 
 
-@pytest.mark.parametrize("impl", ["fast", "xla"])
+def test_forward_impl_lays_out_only_narrow_layers_space_to_depth_and_keeps_values_and_gradients():
+    """'forward' is XLA's convolution, after space-to-depth for a narrow layer (the small V's RGB layer 3 -> 8) and
+    as is for a wide one (the paper's RGB layer 3 -> 32); values and gradients are nn.Conv's either way."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, 16, 16, 3))
+    for cout, space_to_depth in ((8, True), (32, False)):
+        layer, ref = L.make_conv(cout, 4, impl="forward"), nn.Conv(cout, (4, 4), strides=(2, 2), padding="VALID")
+        params = ref.init(jax.random.PRNGKey(1), x)
+        convs = [line for line in jax.jit(layer.apply).lower(params, x).as_text().splitlines() if "convolution" in line]
+        # Space-to-depth turns the 4x4 stride-2 kernel into a 2x2 stride-1 one over 4x the channels.
+        kernel = f"tensor<2x2x12x{cout}xf32>" if space_to_depth else f"tensor<4x4x3x{cout}xf32>"
+        assert len(convs) == 1 and kernel in convs[0]
+        _assert_close(layer.apply(params, x), ref.apply(params, x))
+        grads = [jax.grad(lambda p, x, m=m: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(params, x)
+                 for m in (layer, ref)]
+        for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+            _assert_close(a, b)
+
+
+@pytest.mark.parametrize("impl", ["fast", "xla", "forward"])
 def test_conv_transpose_module_phase_layout_equals_its_nhwc_output(impl):
     layer = L.make_conv_transpose(3, 6, impl=impl)
     x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, 5, 4, 8))

@@ -56,11 +56,11 @@ def test_vae_shapes_and_range(key):
     np.testing.assert_allclose(mu2[0], mu, rtol=1e-5, atol=1e-6)
 
 
-def test_inference_vae_uses_xla_convs_with_the_same_parameters_and_outputs(key):
+def test_inference_vae_uses_forward_convs_with_the_same_parameters_and_outputs(key):
     params = init_vae(key, SMALL_VAE)
     training = ConvVAE(SMALL_VAE)
     inference = for_inference(training)
-    assert inference.config.conv_impl == "xla" and inference.config.encoder_widths == SMALL_VAE.encoder_widths
+    assert inference.config.conv_impl == "forward" and inference.config.encoder_widths == SMALL_VAE.encoder_widths
     assert for_inference(ConvVAE(VAEConfig(conv_impl="fast"))).config.conv_impl == "fast"  # explicit choice kept
     images = jax.random.randint(key, (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
     for method in (ConvVAE.encode,):

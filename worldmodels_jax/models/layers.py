@@ -35,7 +35,10 @@ as `nn.Conv` / `nn.ConvTranspose` with stride 2 and VALID padding. Their `impl` 
 
 * "xla": XLA's native convolution ops (the same HLO as the plain Flax layers; cuDNN on GPU);
 * "fast": the matmul formulations above;
-* "auto" (default): "fast" on the CPU backend, "xla" elsewhere.
+* "auto" (default): "fast" on the CPU backend, "xla" elsewhere;
+* "forward": for forward-only use (rollouts, encoding): XLA's convolutions, with a narrow stride-2 convolution
+  (4 * in <= 16 and out <= 16 channels, the small V's RGB layer) laid out space-to-depth first
+  (`conv_s2_forward`); "xla" off the CPU.
 
 Use `make_conv` / `make_conv_transpose` to build them.
 """
@@ -54,20 +57,24 @@ from worldmodels_jax.errors import ConfigError, ShapeError
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-IMPLS = ("auto", "xla", "fast")
+IMPLS = ("auto", "xla", "fast", "forward")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:
-    """Map "auto" | "xla" | "fast" to the concrete formulation for `backend` (default: JAX's default backend).
+    """Map "auto" | "xla" | "fast" | "forward" to the concrete formulation for `backend` (default: JAX's default
+    backend).
 
     "auto" is "fast" on the CPU backend and "xla" elsewhere, where XLA calls cuDNN (or the TPU's native ops).
+    "forward" stays "forward" on the CPU backend and is "xla" elsewhere.
     """
     if impl not in IMPLS:
         raise ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}")
-    if impl != "auto":
+    if impl in ("xla", "fast"):
         return impl
     backend = jax.default_backend() if backend is None else backend
+    if impl == "forward":
+        return "forward" if backend == "cpu" else "xla"
     return "fast" if backend == "cpu" else "xla"
 
 
@@ -398,10 +405,34 @@ def conv_transpose_s2_phases(x: Array, kernel: Array, precision: Any = None) -> 
 
 
 def conv_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) -> Array:
-    """Stride-2 VALID convolution, NHWC x HWIO, no bias. `impl`: "auto" | "xla" | "fast"."""
-    if resolve_impl(impl) == "xla":
+    """Stride-2 VALID convolution, NHWC x HWIO, no bias. `impl`: "auto" | "xla" | "fast" | "forward"."""
+    impl = resolve_impl(impl)
+    if impl == "xla":
         return conv_s2_xla(x, kernel, precision)
+    if impl == "forward":
+        return conv_s2_forward(x, kernel, precision)
     return conv_s2_fast(x, kernel, precision)
+
+
+FORWARD_S2D_MAX_CHANNELS = 16
+"""`conv_s2_forward` lays a layer out space-to-depth when 4 * in and out are both at most this."""
+
+
+def conv_s2_forward(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """The forward-only CPU formulation: XLA's own convolution, after space-to-depth when the layer is narrow.
+
+    XLA's CPU convolution is slow when both channel counts are small: on the 2-core CPU the small V's RGB layer
+    (64x64x3 -> 31x31x8, batch 128) took 9.8 ms as a 4x4 stride-2 convolution and 4.8 ms as the same maths
+    laid out space-to-depth (a 2x2 stride-1 convolution over 12 channels). At 32 outputs (the paper's RGB
+    layer) the plain op won (4.5 against 5.9 ms), and so it did for the wider layers after it
+    (docs/fast_cpu_layers.md, "Forward-only encoder").
+    """
+    _check_nhwc(x, kernel, "conv_s2")
+    ky, kx, cin, cout = kernel.shape
+    narrow = 4 * cin <= FORWARD_S2D_MAX_CHANNELS and cout <= FORWARD_S2D_MAX_CHANNELS
+    if narrow and not (ky % 2 or kx % 2):
+        return conv_s2_s2d(x, kernel, precision)
+    return conv_s2_xla(x, kernel, precision)
 
 
 def conv_s2_fast(x: Array, kernel: Array, precision: Any = None) -> Array:
@@ -425,8 +456,9 @@ def conv_s2_fast(x: Array, kernel: Array, precision: Any = None) -> Array:
 
 
 def conv_transpose_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) -> Array:
-    """Stride-2 VALID transposed convolution, Flax convention (no kernel flip). `impl`: "auto" | "xla" | "fast"."""
-    if resolve_impl(impl) == "xla" or min(kernel.shape[:2]) < 2:
+    """Stride-2 VALID transposed convolution, Flax convention (no kernel flip). `impl`: "auto" | "xla" | "fast" |
+    "forward" (XLA's op)."""
+    if resolve_impl(impl) in ("xla", "forward") or min(kernel.shape[:2]) < 2:
         # Kernels smaller than the stride keep XLA's op (lax pads their output to 2*in; not worth a special case).
         return conv_transpose_s2_xla(x, kernel, precision)
     return conv_transpose_s2_fast(x, kernel, precision)
@@ -540,12 +572,13 @@ class ConvTransposeS2(nn.Module):
 
 
 def make_conv(features: int, kernel_size: int, impl: str = "auto", name: str | None = None) -> nn.Module:
-    """A stride-2 VALID conv layer with nn.Conv's parameter tree; impl "auto" | "xla" | "fast"."""
+    """A stride-2 VALID conv layer with nn.Conv's parameter tree; impl "auto" | "xla" | "fast" | "forward"."""
     resolve_impl(impl)  # validate early
     return ConvS2(features, kernel_size, impl=impl, name=name)
 
 
 def make_conv_transpose(features: int, kernel_size: int, impl: str = "auto", name: str | None = None) -> nn.Module:
-    """A stride-2 VALID transposed conv layer with nn.ConvTranspose's parameter tree; impl "auto" | "xla" | "fast"."""
+    """A stride-2 VALID transposed conv layer with nn.ConvTranspose's parameter tree; impl "auto" | "xla" | "fast" |
+    "forward"."""
     resolve_impl(impl)
     return ConvTransposeS2(features, kernel_size, impl=impl, name=name)
