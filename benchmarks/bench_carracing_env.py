@@ -9,6 +9,11 @@ at their natural rate of one per 1000 env-steps. Gymnasium: one CarRacing-v3 pro
 (it renders its 96x96 state frame on every step, and resets when an episode ends). Both sides report the best
 of 3 timing windows (a shared, loaded machine only ever slows a window down); gymnasium is timed before and
 after our sizes and the two are averaged. Compilation is excluded.
+
+It also times one controller generation of `carracing-cpu-small` (V + C on pixels, z mode, population 32 x 4
+rollouts, 100 steps; V and C at their initialisation) with V's forward-only convolutions as 'forward' (the
+default since 2026-11-30: the RGB layer laid out space-to-depth) against 'xla' (before), interleaved rounds in
+one process, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -87,6 +92,42 @@ def ours_steps_per_s(num_envs: int, steps: int, seed: int = 0, repeats: int = 3)
     return best, compile_s
 
 
+def controller_generation_steps_per_s(impls=("forward", "xla"), steps: int = 100, rounds: int = 4) -> dict:
+    """Env-steps/s of one CarRacing C generation (population 32 x 4 rollouts, `steps` steps, z mode) with V's
+    convolutions in each impl: the median of `rounds` interleaved rounds."""
+    import dataclasses
+
+    from worldmodels_jax.configs import PRESETS
+    from worldmodels_jax.envs.carracing import CarRacing
+    from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
+    from worldmodels_jax.models.vae import ConvVAE, init_vae
+    from worldmodels_jax.rollouts import Agent, WorldModelParams, population_returns
+
+    env = CarRacing()
+    params = env.default_params
+    vae_config = PRESETS["carracing-cpu-small"].vae
+    mapping = action_mapping_for(env.action_space(params), "carracing")
+    c_config = ControllerConfig(mode="z", z_size=vae_config.z_size, num_outputs=mapping.num_outputs)
+    k_vae, k_pop, k_run = jax.random.split(jax.random.PRNGKey(0), 3)
+    wm = WorldModelParams(vae=init_vae(k_vae, vae_config))
+    template = init_controller(k_pop, c_config)
+    population = jax.tree.map(lambda x: 0.5 * jax.random.normal(k_pop, (32, *x.shape)), template)
+    calls = {}
+    for impl in impls:
+        agent = Agent(controller=Controller(c_config), mapping=mapping,
+                      vae=ConvVAE(dataclasses.replace(vae_config, conv_impl=impl)), z_sample=False)
+        calls[impl] = jax.jit(lambda pop, key, agent=agent: population_returns(env, params, agent, wm, pop, key, 4,
+                                                                               steps, 50, True))
+        jax.block_until_ready(calls[impl](population, k_run))
+    times = {impl: [] for impl in impls}
+    for key in jax.random.split(k_run, rounds):
+        for impl in impls:
+            t0 = time.perf_counter()
+            jax.block_until_ready(calls[impl](population, key))
+            times[impl].append(time.perf_counter() - t0)
+    return {impl: 32 * 4 * steps / float(np.median(t)) for impl, t in times.items()}
+
+
 def run(quick: bool = False, sizes: tuple[int, ...] = SIZES) -> dict:
     """Measure both and return the figures (steps/s, ratios, machine facts)."""
     gym_steps = 100 if quick else 500
@@ -97,6 +138,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] = SIZES) -> dict:
     for n in sizes:
         ours[n], compile_s[n] = ours_steps_per_s(n, ours_steps.get(n, 20))
     g_after = gymnasium_steps_per_s(gym_steps, seed=1)
+    generation = controller_generation_steps_per_s(rounds=3 if quick else 6)
     anchors = [g for g in (g_before, g_after) if g is not None]
     gym_sps = float(np.mean(anchors)) if anchors else None
     return {
@@ -105,6 +147,8 @@ def run(quick: bool = False, sizes: tuple[int, ...] = SIZES) -> dict:
         "ours_steps_per_s": ours,
         "ratio": {n: (ours[n] / gym_sps if gym_sps else None) for n in sizes},
         "compile_s": compile_s,
+        "controller_generation_steps_per_s": generation,
+        "controller_generation_ratio_forward_vs_xla": generation["forward"] / generation["xla"],
         "steps_timed": {"gymnasium": gym_steps, "ours": {n: ours_steps.get(n, 20) for n in sizes}},
         "jax_backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
@@ -131,6 +175,9 @@ def main(argv=None) -> dict:
     for n, sps in res["ours_steps_per_s"].items():
         ratio = res["ratio"][n]
         print(f"{n:>6} {sps:>12.0f} {('%.0fx' % ratio) if ratio else '-':>9} {res['compile_s'][n]:>10.1f}")
+    gen = res["controller_generation_steps_per_s"]
+    print(f"C generation (V + C, 32 x 4 x 100 steps): V convs 'forward' {gen['forward']:.0f} steps/s, 'xla' "
+          f"{gen['xla']:.0f} steps/s: {res['controller_generation_ratio_forward_vs_xla']:.2f}x")
     return res
 
 

@@ -218,3 +218,15 @@ def test_pipeline_benchmark_toy(tmp_path):
         assert _positive_finite(result["stages"][stage]["seconds"]), stage
     for preset in ("carracing-paper", "takecover-paper"):
         assert _positive_finite(result["projection"]["presets"][preset]["h100_total_s_excluding_collect"])
+
+
+def test_carracing_env_rows_show_the_controller_generation_ratio_when_measured():
+    """The C-generation A/B (V's convs 'forward' against 'xla') gets its own row; older records without it don't."""
+    record = {"gymnasium_carracing_v3_steps_per_s": 100.0, "ours_steps_per_s": {256: 30000.0},
+              "ratio": {256: 300.0}}
+    _, rows = bench._rows("carracing_env", record)
+    assert len(rows) == 1 and rows[0][-1] == "300×"
+    record.update(controller_generation_steps_per_s={"forward": 6000.0, "xla": 4500.0},
+                  controller_generation_ratio_forward_vs_xla=6000.0 / 4500.0)
+    _, rows = bench._rows("carracing_env", record)
+    assert len(rows) == 2 and "'forward'" in rows[1][0] and "'xla'" in rows[1][2] and rows[1][-1] == "1.33×"

@@ -273,17 +273,22 @@ def test_conv_transpose_phases_is_the_xla_layer_in_phase_layout_values_and_gradi
         _assert_close(a, b)
 
 
-def test_forward_impl_lays_out_only_narrow_layers_space_to_depth_and_keeps_values_and_gradients():
-    """'forward' is XLA's convolution, after space-to-depth for a narrow layer (the small V's RGB layer 3 -> 8) and
-    as is for a wide one (the paper's RGB layer 3 -> 32); values and gradients are nn.Conv's either way."""
-    x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, 16, 16, 3))
-    for cout, space_to_depth in ((8, True), (32, False)):
+def test_forward_impl_picks_per_layer_shape_and_keeps_values_and_gradients():
+    """'forward': a narrow layer (the small V's RGB layer 3 -> 8) is XLA's convolution after space-to-depth, a wide
+    one (the paper's RGB layer 3 -> 32) XLA's convolution as is, and one with a 6x6 output (14x14x16 -> 32) the
+    "fast" matmul with no convolution; values and gradients are nn.Conv's in every case."""
+    cases = ((16, 3, 8, "tensor<2x2x12x8xf32>"), (16, 3, 32, "tensor<4x4x3x32xf32>"), (14, 16, 32, None))
+    for size, cin, cout, kernel in cases:
+        x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, size, size, cin))
         layer, ref = L.make_conv(cout, 4, impl="forward"), nn.Conv(cout, (4, 4), strides=(2, 2), padding="VALID")
         params = ref.init(jax.random.PRNGKey(1), x)
-        convs = [line for line in jax.jit(layer.apply).lower(params, x).as_text().splitlines() if "convolution" in line]
-        # Space-to-depth turns the 4x4 stride-2 kernel into a 2x2 stride-1 one over 4x the channels.
-        kernel = f"tensor<2x2x12x{cout}xf32>" if space_to_depth else f"tensor<4x4x3x{cout}xf32>"
-        assert len(convs) == 1 and kernel in convs[0]
+        hlo = jax.jit(layer.apply).lower(params, x).as_text()
+        convs = [line for line in hlo.splitlines() if "convolution" in line]
+        if kernel is None:
+            assert not convs and "dot_general" in hlo
+        else:
+            # Space-to-depth turns the 4x4 stride-2 kernel into a 2x2 stride-1 one over 4x the channels.
+            assert len(convs) == 1 and kernel in convs[0]
         _assert_close(layer.apply(params, x), ref.apply(params, x))
         grads = [jax.grad(lambda p, x, m=m: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(params, x)
                  for m in (layer, ref)]

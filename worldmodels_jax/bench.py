@@ -319,6 +319,12 @@ def _rows(name: str, r: dict) -> tuple[list[str], list[list[str]]]:
         rows = [[f"CarRacing pixels (ours), {n} envs", _fmt(sps, "steps/s"),
                  f"gymnasium CarRacing-v3, 1 process {_fmt(anchor, 'steps/s')}", _ratio(r["ratio"].get(n))]
                 for n, sps in r["ours_steps_per_s"].items()]
+        generation = r.get("controller_generation_steps_per_s")  # absent from runs before 2026-11-30
+        if generation:
+            rows.append(["CarRacing C generation (V + C on pixels, 32 × 4 × 100 steps), V's convs 'forward'",
+                         _fmt(generation["forward"], "steps/s"),
+                         f"the same with V's convs 'xla' {_fmt(generation['xla'], 'steps/s')}",
+                         _ratio(r["controller_generation_ratio_forward_vs_xla"])])
         return ["Figure", "Value", "Anchor", "Ratio"], rows
     if name == "dream":
         numpy_sps = r["numpy_steps_per_s"]

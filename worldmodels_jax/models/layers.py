@@ -36,9 +36,9 @@ as `nn.Conv` / `nn.ConvTranspose` with stride 2 and VALID padding. Their `impl` 
 * "xla": XLA's native convolution ops (the same HLO as the plain Flax layers; cuDNN on GPU);
 * "fast": the matmul formulations above;
 * "auto" (default): "fast" on the CPU backend, "xla" elsewhere;
-* "forward": for forward-only use (rollouts, encoding): XLA's convolutions, with a narrow stride-2 convolution
-  (4 * in <= 16 and out <= 16 channels, the small V's RGB layer) laid out space-to-depth first
-  (`conv_s2_forward`); "xla" off the CPU.
+* "forward": for forward-only use (rollouts, encoding), per layer shape (`conv_s2_forward`): a narrow stride-2
+  convolution (4 * in <= 16 and out <= 16 channels, the small V's RGB layer) laid out space-to-depth before
+  XLA's op, one with at most 6x6 output pixels as the "fast" matmul, the rest XLA's op; "xla" off the CPU.
 
 Use `make_conv` / `make_conv_transpose` to build them.
 """
@@ -416,22 +416,34 @@ def conv_s2(x: Array, kernel: Array, impl: str = "auto", precision: Any = None) 
 
 FORWARD_S2D_MAX_CHANNELS = 16
 """`conv_s2_forward` lays a layer out space-to-depth when 4 * in and out are both at most this."""
+FORWARD_MATMUL_MAX_OUTPUT_PIXELS = 36
+"""`conv_s2_forward` computes a layer with at most this many output pixels (6x6) as `conv_s2_fast`'s matmul."""
 
 
 def conv_s2_forward(x: Array, kernel: Array, precision: Any = None) -> Array:
-    """The forward-only CPU formulation: XLA's own convolution, after space-to-depth when the layer is narrow.
+    """The forward-only CPU formulation, per layer shape (even kernels; odd ones use XLA's op):
 
-    XLA's CPU convolution is slow when both channel counts are small: on the 2-core CPU the small V's RGB layer
-    (64x64x3 -> 31x31x8, batch 128) took 9.8 ms as a 4x4 stride-2 convolution and 4.8 ms as the same maths
-    laid out space-to-depth (a 2x2 stride-1 convolution over 12 channels). At 32 outputs (the paper's RGB
-    layer) the plain op won (4.5 against 5.9 ms), and so it did for the wider layers after it
-    (docs/fast_cpu_layers.md, "Forward-only encoder").
+    - a narrow layer (4 * in <= 16 and out <= 16, the small V's RGB layer): space-to-depth, then XLA's
+      convolution (a 2x2 stride-1 convolution over 4x the channels);
+    - a layer with a small output (at most 6x6 pixels, the encoders' last two layers): `conv_s2_fast`'s single
+      matmul (s2d im2col or col2im, whichever intermediate is smaller);
+    - otherwise XLA's own convolution.
+
+    XLA's CPU convolution is slow when both channel counts are small, and on small images. On the 2-core CPU,
+    batch 128 inside a rollout's scan: the small V's RGB layer (64x64x3 -> 31x31x8) took 9.8 ms as XLA's op
+    and 4.8 ms laid out space-to-depth, but the paper's (3 -> 32) 4.5 against 5.9 ms; its 14x14x16 -> 6x6x32
+    layer took 3.2 ms as XLA's op and 1.3 ms as col2im. A CarRacing controller generation ran 1.33x faster with
+    the first rule and 1.14x faster again with the second (docs/fast_cpu_layers.md, "Forward-only encoder").
     """
     _check_nhwc(x, kernel, "conv_s2")
     ky, kx, cin, cout = kernel.shape
-    narrow = 4 * cin <= FORWARD_S2D_MAX_CHANNELS and cout <= FORWARD_S2D_MAX_CHANNELS
-    if narrow and not (ky % 2 or kx % 2):
+    if ky % 2 or kx % 2:
+        return conv_s2_xla(x, kernel, precision)
+    out_h, out_w = (x.shape[1] - ky) // 2 + 1, (x.shape[2] - kx) // 2 + 1
+    if 4 * cin <= FORWARD_S2D_MAX_CHANNELS and cout <= FORWARD_S2D_MAX_CHANNELS:
         return conv_s2_s2d(x, kernel, precision)
+    if out_h * out_w <= FORWARD_MATMUL_MAX_OUTPUT_PIXELS:
+        return conv_s2_fast(x, kernel, precision)
     return conv_s2_xla(x, kernel, precision)
 
 
