@@ -439,7 +439,11 @@ NOTES = {
                      "one at a time, not in vmapped chunks of 8. (3) The renderer takes texel and grass coordinates "
                      "affine in the pixel, and turns each block's 3×3 window into coverage coefficients once per "
                      "block; R and B are one plane, and the car sprite is blended in its box only. It equals "
-                     "`render_reference` to ±1 grey level.",
+                     "`render_reference` to ±1 grey level. Since 2026-11-30 the benchmark also times one controller "
+                     "generation of `carracing-cpu-small` (V + C on pixels, 32 × 4 rollouts × 100 steps) with V's "
+                     "forward-only convolutions 'forward' against 'xla', interleaved. Its first measurement, on a "
+                     "Zen 3 VM (`controller_generation_steps_per_s(rounds=6)` alone, not yet in a full run of the "
+                     "suite): 10.4 k against 6.7 k steps/s, 1.55×.",
     "dqn": "Goals (issue 5): our wall-clock to a 20-episode greedy mean of 475, compile included, ≤ 1/5 of SB3 DQN's "
            "(RL Zoo CartPole-v1 hyperparameters, 1 torch thread), measured side by side in one process with the seeds "
            "interleaved; and 8 vmapped seeds ≤ 2× one seed. `default`: threefry keys, XLA's default optimisation; "
