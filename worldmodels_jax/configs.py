@@ -236,8 +236,8 @@ PRESETS: dict[str, PipelineConfig] = {
             # Population 32 (was 16): at least CMA-ES's default 4 + 3 ln n for every controller (z + hidden has
             # 803 parameters: 24). With the same V and M, z + h rose by 194 on average over seeds 0-6, on all
             # seven (docs/carracing.md, "Population 32"), for about 17-20 minutes for the whole experiment on a
-            # Zen 4 VM. A Zen 3 VM took 38 min, then 30.5 min after V's forward convs were sped up (1.33x), and
-            # about 26-27 min projected with the rest of that change (docs/carracing.md, "Seeds 7 and 8").
+            # Zen 4 VM. A Zen 3 VM took 38 min, then 25 min once V's forward-only convs were 1.56x faster
+            # (docs/carracing.md, "Seeds 7, 8 and 9").
             es=ESConfig(population=32, rollouts=4, generations=60, eval_every=10, eval_episodes=16,
                         l2_coef=0.0, sigma_init=0.5),
             # 500-step training episodes (was 300): z + h 236.7 -> 492.2, z + hidden 254.5 -> 536.5 on the
