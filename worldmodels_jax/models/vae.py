@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from worldmodels_jax.errors import ConfigError, ShapeError
+from worldmodels_jax.models.layers import IMPLS as CONV_IMPLS
 
 IMAGE_SHAPE = (64, 64, 3)
 ENCODER_KERNEL = 4
@@ -58,8 +59,8 @@ class VAEConfig:
             raise ConfigError(f"vae.decoder_dense must be >= 1, got {self.decoder_dense}")
         if not 0.0 <= self.kl_tolerance:
             raise ConfigError(f"vae.kl_tolerance must be >= 0, got {self.kl_tolerance}")
-        if self.conv_impl not in ("auto", "xla", "fast", "forward"):
-            raise ConfigError(f"vae.conv_impl must be 'auto', 'xla', 'fast' or 'forward', got {self.conv_impl!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ConfigError(f"vae.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
 
 
 def _conv(features: int, kernel: int, impl: str, name: str) -> nn.Module:
