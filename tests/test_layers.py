@@ -306,3 +306,19 @@ def test_conv_transpose_module_phase_layout_equals_its_nhwc_output(impl):
     with pytest.raises(ShapeError, match="even kernel"):
         odd = L.make_conv_transpose(3, 5, impl=impl)
         odd.init(jax.random.PRNGKey(1), x, phase_layout=True)
+
+
+def test_flat_drawn_lecun_normal_is_flax_s_bit_for_bit():
+    """`lecun_normal_flat` (the layers' kernel initialiser) draws flat and reshapes: Flax's values exactly."""
+    for shape in [(4, 4, 3, 32), (4, 4, 64, 128), (5, 5, 32, 3), (6, 6, 64, 32), (1024, 32), (3, 3, 1, 16)]:
+        for seed in range(2):
+            key = jax.random.PRNGKey(seed)
+            ours, flax_s = L.lecun_normal_flat()(key, shape), nn.initializers.lecun_normal()(key, shape)
+            assert ours.shape == flax_s.shape and ours.dtype == flax_s.dtype
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(flax_s))
+    module = L.ConvS2(8, 4)
+    params = module.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))["params"]
+    reference = nn.Conv(8, (4, 4), strides=(2, 2), padding="VALID").init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+    np.testing.assert_array_equal(np.asarray(params["kernel"]), np.asarray(reference["params"]["kernel"]))
+    with pytest.raises(ShapeError, match="at least 2 dimensions"):
+        L.lecun_normal_flat()(jax.random.PRNGKey(0), (7,))

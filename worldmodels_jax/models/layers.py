@@ -58,6 +58,32 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 IMPLS = ("auto", "xla", "fast", "forward")
+
+
+def lecun_normal_flat() -> Initializer:
+    """`nn.initializers.lecun_normal()` with its truncated normal drawn as a flat vector and reshaped.
+
+    The values are bit for bit the same (JAX's counter-based random bits depend only on the flat index), but
+    XLA's CPU backend compiles the flat draw of a 4-D kernel about 4x faster (0.3 s against 1.3-1.9 s each on
+    this project's CPU): eager initialisation of the paper's V compiled for 28 s, most of it in these draws.
+    """
+
+    def init(key: Array, shape, dtype=jnp.float32) -> Array:
+        shape = tuple(int(n) for n in shape)
+        if len(shape) < 2:
+            raise ShapeError(f"lecun_normal_flat needs a kernel of at least 2 dimensions (..., in, out), got {shape}")
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
+        fan_in = 1
+        for n in shape[:-1]:
+            fan_in *= n
+        variance = jnp.array(1.0 / max(1, fan_in), dtype=dtype)
+        stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)
+        size = 1
+        for n in shape:
+            size *= n
+        return (jax.random.truncated_normal(key, -2, 2, (size,), dtype) * stddev).reshape(shape)
+
+    return init
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -522,7 +548,7 @@ class ConvS2(nn.Module):
     impl: str = "auto"
     use_bias: bool = True
     precision: Any = None
-    kernel_init: Initializer = nn.initializers.lecun_normal()
+    kernel_init: Initializer = lecun_normal_flat()
     bias_init: Initializer = nn.initializers.zeros_init()
 
     @nn.compact
@@ -552,7 +578,7 @@ class ConvTransposeS2(nn.Module):
     impl: str = "auto"
     use_bias: bool = True
     precision: Any = None
-    kernel_init: Initializer = nn.initializers.lecun_normal()
+    kernel_init: Initializer = lecun_normal_flat()
     bias_init: Initializer = nn.initializers.zeros_init()
 
     @nn.compact

@@ -505,6 +505,7 @@ def mdn_sample_from_uniform(uniform: jax.Array, output: MDNOutput, temperature: 
     return mu + jnp.exp(logsigma) * normal_from_uniform(uniform[1]) * jnp.sqrt(tau)
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program, not one per op
 def init_mdnrnn(key: jax.Array, config: MDNRNNConfig) -> dict:
     model = MDNRNN(config)
     z = jnp.zeros((1, 2, config.z_size))

@@ -22,6 +22,7 @@ see up to num_layers (W - 1) steps back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -223,6 +224,7 @@ class TransformerM(nn.Module):
         return self.observe(z, action, reset)
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program, not one per op
 def init_transformer_m(key: jax.Array, config: TransformerMConfig) -> dict:
     """Parameters of a `TransformerM(config)` (the `params` collection), like `mdnrnn.init_mdnrnn`."""
     model = TransformerM(config)

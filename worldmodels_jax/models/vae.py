@@ -10,6 +10,7 @@ Smaller widths are an option for CPU presets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -258,6 +259,7 @@ def vae_loss(
     }
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program, not one per op
 def init_vae(key: jax.Array, config: VAEConfig) -> dict:
     """Initial parameters of V (the `params` collection)."""
     model = ConvVAE(config)

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from worldmodels_jax.models.layers import lecun_normal_flat
+
 
 class MLP(nn.Module):
     """obs (D,) or (B, D) -> (num_outputs,); ReLU hidden layers."""
@@ -53,7 +55,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+        kernel = self.param("kernel", lecun_normal_flat(),
                             (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         impl = self.impl
