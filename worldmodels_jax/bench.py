@@ -471,7 +471,12 @@ NOTES = {
                    "back-to-back measurements) with its quartiles, the figure least moved by drifting load. V's "
                    "ratio still moves between runs by more than its margin: seven runs on 2026-11-30 gave V 1.00, "
                    "1.04, 1.12, 1.01 (01:05-01:24) and 0.80, 0.90, 1.05 (03:28-03:33) paired, 0.93-1.03 "
-                   "round-robin; M 1.10-1.18 paired in all seven.",
+                   "round-robin; M 1.10-1.18 paired in all seven. Those seven ran on a Zen 4 VM (AVX-512; PyTorch "
+                   "443 frames/s there). On a Zen 3 VM (AMD EPYC family 25 model 1, AVX2; PyTorch 193-194 frames/s, "
+                   "plain Flax 35-36, close to the anchors' 249 and 42 in shared/MEASUREMENTS.md), two runs of "
+                   "`python -m benchmarks.bench_vm_training` on 2026-11-30 (11:41 and 11:45) gave V 1.17x and "
+                   "1.23x paired (quartiles 1.14-1.26 and 1.13-1.29; 1.23x and 1.12x round-robin: 236 and 218 "
+                   "frames/s) and M 1.21x and 1.27x paired (1.39x and 1.20x round-robin).",
     "neuroevolution": "Goal (issue 7): env steps/s ≥ 1.0× evosax `GymnaxProblem` + `CMA_ES` on identical work (CartPole-v1, "
                       "MLP 4-32-2, 4 rollouts of 500 steps, every step simulated). The ratio is the minimum time over 7 "
                       "interleaved repeats; medians are in the JSON. Ours computes the policy's small Dense layers as "
