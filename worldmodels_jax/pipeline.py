@@ -409,7 +409,6 @@ class Pipeline:
             self.run.log_metrics(stage, kept) if kept else None
         else:
             self.run.reset_metrics(stage)
-        chunks = -(-es.generations // es.eval_every)
         stopped_early = False
         with self._bar(es.generations, f"C[{mode}]", int(state.generation)) as bar:
             while int(state.generation) < es.generations:
@@ -440,7 +439,6 @@ class Pipeline:
                 if es.target_score is not None and score >= es.target_score:
                     stopped_early = True
                     break
-        del chunks
         self.run.checkpointer(f"controller-{mode}").save(0, best["params"])
         return {"best_eval": float(best["score"]), "generations": int(state.generation),
                 "stopped_early": stopped_early, "param_count": param_count(template)}
