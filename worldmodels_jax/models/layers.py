@@ -45,6 +45,7 @@ Use `make_conv` / `make_conv_transpose` to build them.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -65,7 +66,7 @@ def lecun_normal_flat() -> Initializer:
 
     The values are bit for bit the same (JAX's counter-based random bits depend only on the flat index), but
     XLA's CPU backend compiles the flat draw of a 4-D kernel about 4x faster (0.3 s against 1.3-1.9 s each on
-    this project's CPU): eager initialisation of the paper's V compiled for 28 s, most of it in these draws.
+    this project's Zen 3 CPU): a small V's eager initialisation compiled for 28-33 s, most of it in these draws.
     """
 
     def init(key: Array, shape, dtype=jnp.float32) -> Array:
@@ -73,17 +74,13 @@ def lecun_normal_flat() -> Initializer:
         if len(shape) < 2:
             raise ShapeError(f"lecun_normal_flat needs a kernel of at least 2 dimensions (..., in, out), got {shape}")
         dtype = jax.dtypes.canonicalize_dtype(dtype)
-        fan_in = 1
-        for n in shape[:-1]:
-            fan_in *= n
-        variance = jnp.array(1.0 / max(1, fan_in), dtype=dtype)
+        variance = jnp.array(1.0 / max(1, math.prod(shape[:-1])), dtype=dtype)  # 1 / fan_in
         stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)
-        size = 1
-        for n in shape:
-            size *= n
-        return (jax.random.truncated_normal(key, -2, 2, (size,), dtype) * stddev).reshape(shape)
+        return (jax.random.truncated_normal(key, -2, 2, (math.prod(shape),), dtype) * stddev).reshape(shape)
 
     return init
+
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
