@@ -44,6 +44,16 @@ def test_controller_param_counts_match_paper(mode, z, h, outputs, bias, expected
 SMALL_VAE = VAEConfig(z_size=4, encoder_widths=(4, 4, 8, 8), decoder_widths=(8, 4, 4), decoder_dense=32)
 
 
+def test_vae_config_takes_widths_as_lists_and_init_vae_accepts_it(key):
+    """init_vae is jitted with the config static, so the config must hash: lists become tuples."""
+    config = VAEConfig(z_size=4, encoder_widths=[4, 8, 8, 8], decoder_widths=[8, 8, 4], decoder_dense=16)
+    assert config.encoder_widths == (4, 8, 8, 8) and config.decoder_widths == (8, 8, 4)
+    as_tuples = VAEConfig(z_size=4, encoder_widths=(4, 8, 8, 8), decoder_widths=(8, 8, 4), decoder_dense=16)
+    assert config == as_tuples and hash(config) == hash(as_tuples)
+    params = init_vae(key, config)
+    assert param_count(params) == param_count(init_vae(key, as_tuples))
+
+
 def test_vae_shapes_and_range(key):
     params = init_vae(key, SMALL_VAE)
     model = ConvVAE(SMALL_VAE)

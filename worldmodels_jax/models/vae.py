@@ -44,6 +44,9 @@ class VAEConfig:
     formulations) or 'forward' (forward-only CPU use; see `for_inference`)."""
 
     def __post_init__(self):
+        # tuples, so the config hashes (init_vae takes it as a static argument) whether widths came as lists or not
+        object.__setattr__(self, "encoder_widths", tuple(self.encoder_widths))
+        object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
         if self.z_size < 1:
             raise ConfigError(f"vae.z_size must be >= 1, got {self.z_size}")
         if len(self.encoder_widths) != 4 or min(self.encoder_widths) < 1:
