@@ -2,6 +2,13 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+# The suite compiles with LLVM at -O1 (XLA's default is -O2). Compiling dominates this suite on a 2-core CPU, and
+# -O1 compiles about twice as fast without slowing what runs (measured on a Zen 3 VM: tests/test_layers.py from
+# a cold cache 250 -> 127 s; the TakeCover dream test 125 -> 107 s; a V gradient step 0.218 -> 0.222 s). -O0 was
+# tried and rejected: its programs run slower. Subprocesses that tests start inherit the flag.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -13,3 +20,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches_per_module():
+    yield
+    if os.environ.get("WMJ_TEST_KEEP_CACHES") != "1":
+        jax.clear_caches()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches_per_module():
+    """Each test file starts without the compiled programs of the files before it (a worker runs many)."""
+    yield
+    jax.clear_caches()

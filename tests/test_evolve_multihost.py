@@ -30,7 +30,8 @@ def _free_port() -> int:
 
 def _env(devices: int = 1) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           # The device count added to the suite's own flags (conftest.py), so both sides compile alike.
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()}
     # No persistent compilation cache here: two processes racing on one cache directory were seen to run
     # mismatched collectives (gloo "Received data size doesn't match expected size").
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
