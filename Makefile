@@ -32,11 +32,11 @@ demo: install
 
 ## make test: the full test suite, two pytest workers (compilation is mostly single-threaded), one per test file.
 test: install-dev
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 ## make test-fast: the fast subset, for the inner loop.
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 ## make bench: the quick benchmark suite (regenerates benchmarks/BENCHMARKS.md).
 bench: install-bench

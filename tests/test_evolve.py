@@ -287,12 +287,20 @@ def _cli(out: Path, *extra: str) -> list[str]:
             "--seed", "3", "--quiet", "--json", "--out", str(out), *extra]
 
 
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    """One uninterrupted `_cli` run on one device: (its summary line, its run directory). Shared by two tests."""
+    out = tmp_path_factory.mktemp("cli-reference") / "ref"
+    proc = subprocess.run(_cli(out), env={**os.environ, **SUBPROCESS_ENV}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), out
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, cli_reference):
     env = {**os.environ, **SUBPROCESS_ENV}
-    reference = subprocess.run(_cli(tmp_path / "ref"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    expected = json.loads(reference.stdout.strip().splitlines()[-1])
+    expected, reference_dir = cli_reference
 
     victim = subprocess.Popen(_cli(tmp_path / "run", "--chunk-delay", "30"), env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -313,7 +321,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert got["resumed_from"] == 2 and got["generations"] == 8
     assert got["best_eval"] == expected["best_eval"]
     assert got["last_eval"] == expected["last_eval"]  # the final mean's evaluation
-    ref_metrics = (tmp_path / "ref" / "metrics" / "evolve.jsonl").read_text().splitlines()
+    ref_metrics = (reference_dir / "metrics" / "evolve.jsonl").read_text().splitlines()
     run_metrics = (tmp_path / "run" / "metrics" / "evolve.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in run_metrics] == [json.loads(x) for x in ref_metrics]
 
@@ -352,14 +360,12 @@ def test_cpu_devices_environ_sets_the_count_and_drops_a_forced_one():
 
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="simulated CPU devices beyond one need two cores to matter")
-def test_cli_on_two_cpu_devices_starts_over_with_them_and_gives_the_one_device_result(tmp_path):
+def test_cli_on_two_cpu_devices_starts_over_with_them_and_gives_the_one_device_result(tmp_path, cli_reference):
     env = {**os.environ, **SUBPROCESS_ENV}
-    runs = {}
-    for name, extra in (("one", ()), ("two", ("--cpu-devices", "2"))):
-        proc = subprocess.run(_cli(tmp_path / name, *extra), env=env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=240)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = subprocess.run(_cli(tmp_path / "two", "--cpu-devices", "2"), env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {"one": cli_reference[0], "two": json.loads(proc.stdout.strip().splitlines()[-1])}
     assert runs["one"]["devices"] == 1 and runs["two"]["devices"] == 2
     assert runs["two"]["generations"] == runs["one"]["generations"] == 8
     np.testing.assert_allclose(runs["two"]["last_eval"]["eval_mean"], runs["one"]["last_eval"]["eval_mean"], rtol=1e-5)
