@@ -24,13 +24,6 @@ def key():
 
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_jax_caches_per_module():
-    yield
-    if os.environ.get("WMJ_TEST_KEEP_CACHES") != "1":
-        jax.clear_caches()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fresh_jax_caches_per_module():
     """Each test file starts without the compiled programs of the files before it (a worker runs many)."""
     yield
     jax.clear_caches()
