@@ -16,7 +16,10 @@ assumes the same fraction of an H100 SXM's fp32 peak (67 TFLOP/s, the spec sheet
 projection, because at that size they are mostly compilation. Environment stepping and rendering are not counted as FLOPs, so
 `collect` is not projected and the controller/evaluate projections exclude the env's own cost.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--quick]
+With `--from-run DIR`, the stage seconds are read from a run that has already finished (its `report.json` and
+`config.json`) instead of running the pipeline again: its preset's counted FLOPs and fractions of this CPU's peak.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--quick] [--from-run runs/cpu-small]
 """
 
 from __future__ import annotations
@@ -103,6 +106,21 @@ def run_pipeline(config, out: Path) -> dict:
     total = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
     return {"timings": report["timings"], "total_s": total, "results": report.get("results", {})}
+
+
+def read_finished_run(out: Path) -> tuple:
+    """(config, measured) of a finished run directory: its configuration and its report's per-stage seconds."""
+    from worldmodels_jax.errors import ConfigError
+    from worldmodels_jax.pipeline import load_config
+
+    report_path = Path(out) / "report.json"
+    if not report_path.exists():
+        raise ConfigError(f"{out} has no report.json: finish the run first (`wmj run --out {out}`), or leave out "
+                          "--from-run to run the pipeline here")
+    report = json.loads(report_path.read_text())
+    timings = report.get("timings") or {}
+    return load_config(out), {"timings": timings, "total_s": float(sum(timings.values())),
+                              "results": report.get("results", {})}
 
 
 def _best_jax_rate(section: dict) -> float | None:
@@ -237,24 +255,28 @@ def project(efficiency: dict, presets=("carracing-paper", "takecover-paper")) ->
 
 
 def run(quick: bool = False, toy: bool = False, peak_flop_per_s: float | None = None,
-        out_dir: str | None = None, context: dict | None = None) -> dict:
+        out_dir: str | None = None, context: dict | None = None, from_run: str | Path | None = None) -> dict:
+    """Runs the pipeline (or reads a finished run, `from_run`), then projects the paper presets."""
     from worldmodels_jax.configs import get_preset
 
-    preset = "tiny" if (quick or toy) else "cpu-small"
+    if from_run is not None:  # read before measuring anything, so a bad directory fails at once
+        config, measured = read_finished_run(Path(from_run))
+    elif toy:
+        tiny = get_preset("tiny")
+        config = dataclasses.replace(
+            tiny, controller=dataclasses.replace(tiny.controller, modes=("z",),
+                                                 es=dataclasses.replace(tiny.controller.es, generations=2)),
+            evaluate=dataclasses.replace(tiny.evaluate, episodes=2), gif_steps=0)
+    else:
+        config = get_preset("tiny" if quick else "cpu-small")
+    preset = config.preset
     if peak_flop_per_s is None:
         from benchmarks import bench_matmul_peak
 
         peak_flop_per_s = bench_matmul_peak.run(quick=True, toy=toy)["peak_flop_per_s"]
-    if toy:
-        config = dataclasses.replace(
-            get_preset("tiny"), controller=dataclasses.replace(
-                get_preset("tiny").controller, modes=("z",),
-                es=dataclasses.replace(get_preset("tiny").controller.es, generations=2)),
-            evaluate=dataclasses.replace(get_preset("tiny").evaluate, episodes=2), gif_steps=0)
-    else:
-        config = get_preset(preset)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        measured = run_pipeline(config, Path(tmp) / "run")
+    if from_run is None:
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            measured = run_pipeline(config, Path(tmp) / "run")
     flops = stage_flops(config)
     stages = {}
     for stage, seconds in measured["timings"].items():
@@ -270,6 +292,7 @@ def run(quick: bool = False, toy: bool = False, peak_flop_per_s: float | None = 
         print(f"PROJECTED (not measured) {name} on H100: {p['h100_total_s_excluding_collect'] / 3600:.2f} h "
               f"(excluding collect)", flush=True)
     return {"benchmark": "pipeline", "quick": quick, "toy": toy, "preset": preset, "stages": stages,
+            "from_run": None if from_run is None else str(from_run),
             "total_s": measured["total_s"], "results": measured["results"], "cpu_peak_flop_per_s": peak_flop_per_s,
             "projection": projection}
 
@@ -277,5 +300,7 @@ def run(quick: bool = False, toy: bool = False, peak_flop_per_s: float | None = 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--from-run", default=None, help="a finished run directory: read its stage seconds instead "
+                                                         "of running the pipeline")
     args = parser.parse_args()
-    print(json.dumps(run(args.quick), indent=2, default=str))
+    print(json.dumps(run(args.quick, from_run=args.from_run), indent=2, default=str))

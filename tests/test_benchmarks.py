@@ -211,15 +211,6 @@ def test_vm_training_paired_ratio_on_a_fake_clock(monkeypatch):
                      f"1.50× (quartiles {paired['ratio_q1']:.2f}-{paired['ratio_q3']:.2f})"]]
 
 
-@pytest.mark.slow  # the tiny pipeline end to end: ~1.5 min of CPU, over 3 min wall on a busy 2-core machine
-def test_pipeline_benchmark_toy(tmp_path):
-    result = bench_pipeline.run(toy=True, peak_flop_per_s=1e11, out_dir=str(tmp_path))
-    for stage in ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate"):
-        assert _positive_finite(result["stages"][stage]["seconds"]), stage
-    for preset in ("carracing-paper", "takecover-paper"):
-        assert _positive_finite(result["projection"]["presets"][preset]["h100_total_s_excluding_collect"])
-
-
 def test_carracing_env_rows_show_the_controller_generation_ratio_when_measured():
     """The C-generation A/B (V's convs 'forward' against 'xla') gets its own row; older records without it don't."""
     record = {"gymnasium_carracing_v3_steps_per_s": 100.0, "ours_steps_per_s": {256: 30000.0},

@@ -1,7 +1,10 @@
 """The whole pipeline at a tiny size: every artifact, determinism, resume after interruption, clear errors."""
 
 import dataclasses
+import importlib
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,6 +16,7 @@ from worldmodels_jax.errors import CheckpointError, ConfigError, EnvError
 from worldmodels_jax.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks/
 TINY = get_preset("tiny")
 
 
@@ -85,6 +89,23 @@ def test_same_seed_same_result(tiny_run, tmp_path):
     a = np.load(tiny_run / "data" / "shard_00000.npz")["obs"]
     b = np.load(tmp_path / "seed1" / "data" / "shard_00000.npz")["obs"]
     assert not np.array_equal(a, b)
+
+
+def test_pipeline_benchmark_projects_from_the_finished_run(tiny_run, tmp_path):
+    """`benchmarks/bench_pipeline.py --from-run`: the run's stage seconds, and the paper presets projected."""
+    bench_pipeline = importlib.import_module("benchmarks.bench_pipeline")
+    timings = json.loads((tiny_run / "report.json").read_text())["timings"]
+    result = bench_pipeline.run(toy=True, peak_flop_per_s=1e11, from_run=tiny_run)
+    assert result["preset"] == "tiny" and result["from_run"] == str(tiny_run)
+    for stage in ("collect", "train-vae", "encode", "train-mdn", "train-controller", "evaluate"):
+        assert result["stages"][stage]["seconds"] == timings[stage] > 0, stage
+    assert result["stages"]["train-vae"]["counted_flops"] == bench_pipeline.stage_flops(TINY)["train-vae"] > 0
+    for name in ("vae", "mdn", "dream"):  # measured here at toy sizes
+        assert 0 < result["projection"]["efficiency"][name]["fraction"] <= 1, name
+    for preset in ("carracing-paper", "takecover-paper"):
+        assert result["projection"]["presets"][preset]["h100_total_s_excluding_collect"] > 0
+    with pytest.raises(ConfigError, match="no report.json"):
+        bench_pipeline.run(toy=True, peak_flop_per_s=1e11, from_run=tmp_path)
 
 
 class Interrupt(Exception):
