@@ -50,7 +50,8 @@ def _check_same_function(kind, h, w, cin, cout, k, impl="fast"):
         assert a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Give the bias non-zero values so its gradient and broadcast are tested too.
-    params = jax.tree.map(lambda p: p + 0.1 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, ref_params)
+    params = jax.tree.map(  # numpy: eager jnp ops here compiled once per parameter shape
+        lambda p: np.asarray(p) + 0.1 * np.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, ref_params)
 
     y_ref = jax.jit(ref_layer.apply)(params, x)
     y_fast = jax.jit(fast_layer.apply)(params, x)

@@ -56,7 +56,7 @@ def test_a_population_of_policies_gives_the_same_outputs_and_gradients(hidden, u
             return outputs(p, o)
 
     np.testing.assert_allclose(small(params, obs), outputs(params, obs), rtol=1e-5, atol=1e-5)
-    loss = lambda fn: jax.grad(lambda p: jnp.sum(jnp.sin(fn(p, obs))))(params)  # noqa: E731
+    loss = lambda fn: jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(fn(p, obs)))))(params)  # noqa: E731
     for a, b in zip(jax.tree.leaves(loss(small)), jax.tree.leaves(loss(outputs))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     sizes = list(zip((4, *hidden), (*hidden, 2)))

@@ -58,13 +58,11 @@ def build_config(preset: str | None, env: str | None, out: Path | None, override
 
 
 def cmd_info(args, rest) -> int:
-    import jax
-
     from worldmodels_jax.configs import resolve
     from worldmodels_jax.data import make_env
     from worldmodels_jax.models.controller import ControllerConfig, action_mapping_for, init_controller
     from worldmodels_jax.models.memory import init_memory, make_memory
-    from worldmodels_jax.models.vae import init_vae, param_count
+    from worldmodels_jax.models.vae import init_vae, param_count, param_shapes
     from worldmodels_jax.rundir import to_jsonable
 
     config = build_config(args.preset, args.env, None, rest)
@@ -78,17 +76,16 @@ def cmd_info(args, rest) -> int:
     except Exception as err:  # the env's module may not be installed yet
         print(f"note: env {config.env_id} unavailable ({err}); sizes from the preset as written", file=sys.stderr)
         outputs = config.mdn.action_size
-    key = jax.random.PRNGKey(0)
     memory = make_memory(config.memory, config.mdn, config.transformer)
     controllers = {}
     for mode in config.controller.modes:
         c = ControllerConfig(mode=mode, z_size=config.vae.z_size, feature_size=memory.feature_size,
                              num_outputs=outputs, hidden_units=config.controller.hidden_units,
                              use_bias=config.controller.use_bias)
-        controllers[mode] = param_count(init_controller(key, c))
+        controllers[mode] = param_count(param_shapes(init_controller, c))
     payload = {"preset": config.preset, "config": to_jsonable(config),
-               "param_counts": {"vae": param_count(init_vae(key, config.vae)),
-                                "mdn_rnn": param_count(init_memory(key, memory)), "controller": controllers}}
+               "param_counts": {"vae": param_count(param_shapes(init_vae, config.vae)),
+                                "mdn_rnn": param_count(param_shapes(init_memory, memory)), "controller": controllers}}
     if args.json:
         print(json.dumps(payload, indent=2))
     else:

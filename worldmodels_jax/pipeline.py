@@ -26,7 +26,7 @@ from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from worldmodels_jax.evolution import es_state_is_finite, make_evolution
 from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
 from worldmodels_jax.models.memory import init_memory, make_memory
-from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count
+from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count, param_shapes
 from worldmodels_jax.rollouts import (Agent, WorldModelParams, evaluate_params, population_returns,
                                       random_policy_returns)
 from worldmodels_jax.rundir import RunDir, to_jsonable
@@ -133,10 +133,11 @@ class Pipeline:
         return restored[1]
 
     def vae_params(self):
-        return self.load_params("vae", init_vae(jax.random.PRNGKey(0), self.config.vae))
+        return self.load_params("vae", param_shapes(init_vae, self.config.vae))
 
     def memory_params_template(self):
-        return init_memory(jax.random.PRNGKey(0), self.memory)
+        """M's parameter tree as shapes and dtypes (a restore target)."""
+        return param_shapes(init_memory, self.memory)
 
     def memory_params(self):
         return self.load_params("mdn", self.memory_params_template())
@@ -256,8 +257,13 @@ class Pipeline:
 
         frames = dataset.load_shard(dataset.shard_indices[0], ("obs",))["obs"].reshape((-1, 64, 64, 3))
         picks = frames[np.linspace(0, len(frames) - 1, count).astype(int)]
-        mu, _ = self.vae.apply({"params": params}, jnp.asarray(picks), method=ConvVAE.encode)
-        recon = np.asarray(self.vae.apply({"params": params}, mu, method=ConvVAE.decode) * 255).astype(np.uint8)
+
+        @jax.jit  # one program: op by op, V's layers compiled ~180 small programs (~10 s on a 2-core CPU)
+        def reconstruct(params, frames):
+            mu, _ = self.vae.apply({"params": params}, frames, method=ConvVAE.encode)
+            return self.vae.apply({"params": params}, mu, method=ConvVAE.decode)
+
+        recon = (np.asarray(reconstruct(params, jnp.asarray(picks))) * 255).astype(np.uint8)
         grid = np.concatenate([np.concatenate(list(picks), 1), np.concatenate(list(recon), 1)], 0)
         grid = np.kron(grid, np.ones((3, 3, 1), np.uint8))
         iio.imwrite(self.run.path / "reconstructions.png", grid)
@@ -445,8 +451,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ evaluation and report
     def controller_params(self, mode: str):
-        template = init_controller(jax.random.PRNGKey(0), self.controller_config(mode))
-        return self.load_params(f"controller-{mode}", template)
+        return self.load_params(f"controller-{mode}", param_shapes(init_controller, self.controller_config(mode)))
 
     def evaluate(self):
         return self._timed("evaluate", self._evaluate)

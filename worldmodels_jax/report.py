@@ -8,7 +8,7 @@ import numpy as np
 
 from worldmodels_jax.models.controller import init_controller
 from worldmodels_jax.models.mdnrnn import mdn_sample
-from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count
+from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count, param_shapes
 from worldmodels_jax.plots import plot_curves
 from worldmodels_jax.rollouts import WorldModelParams
 from worldmodels_jax.rundir import write_json_atomic
@@ -126,9 +126,9 @@ def write_report(pipeline) -> dict:
             timings["train-controller"] = timings.get("train-controller", 0.0)
     timings["train-controller"] = sum(v for k, v in timings.items() if k.startswith("train-controller-"))
     param_counts = {
-        "vae": param_count(init_vae(jax.random.PRNGKey(0), cfg.vae)),
+        "vae": param_count(param_shapes(init_vae, cfg.vae)),
         "mdn_rnn": param_count(pipeline.memory_params_template()),
-        "controller": {mode: param_count(init_controller(jax.random.PRNGKey(0), pipeline.controller_config(mode)))
+        "controller": {mode: param_count(param_shapes(init_controller, pipeline.controller_config(mode)))
                        for mode in cfg.controller.modes},
     }
     artifacts = _curves(pipeline)

@@ -27,6 +27,7 @@ import numpy as np
 from worldmodels_jax.errors import ConfigError, NonFiniteError
 from worldmodels_jax.evolution import ESConfig, es_state_is_finite, make_evolution
 from worldmodels_jax.models.controller import init_controller
+from worldmodels_jax.models.vae import param_shapes
 from worldmodels_jax.rollouts import evaluate_params, population_returns, random_policy_returns
 from worldmodels_jax.rundir import write_json_atomic
 
@@ -135,7 +136,7 @@ def train_in_dream(pipeline, temperature: float, mode: str | None = None, es: ES
 
 def dream_controller_params(pipeline, temperature: float, mode: str | None = None):
     mode = mode or pipeline.config.controller.modes[0]
-    template = init_controller(jax.random.PRNGKey(0), pipeline.controller_config(mode))
+    template = param_shapes(init_controller, pipeline.controller_config(mode))
     return pipeline.load_params(f"controller-dream-{tau_tag(temperature)}", template)
 
 

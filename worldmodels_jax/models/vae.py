@@ -270,11 +270,19 @@ def init_vae(key: jax.Array, config: VAEConfig) -> dict:
     return model.init({"params": key}, dummy, jax.random.PRNGKey(0))["params"]
 
 
+def param_shapes(init, *config):
+    """The tree `init(key, *config)` returns, as shapes and dtypes only: nothing is computed or compiled.
+
+    For restore targets and parameter counts (an eager `init` compiles every layer's ops one by one).
+    """
+    return jax.eval_shape(lambda key: init(key, *config), jax.ShapeDtypeStruct((2,), jnp.uint32))
+
+
 def param_count(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
 __all__: Sequence[str] = (
-    "VAEConfig", "ConvVAE", "stage_parameters", "sample_z", "kl_divergence", "floored_kl", "vae_loss", "init_vae", "param_count",
+    "VAEConfig", "ConvVAE", "stage_parameters", "sample_z", "kl_divergence", "floored_kl", "vae_loss", "init_vae", "param_count", "param_shapes",
     "check_images", "to_float",
 )
