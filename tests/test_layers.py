@@ -26,6 +26,11 @@ ODD_DECONVS = [(4, 3, 3, 5, 3), (3, 5, 2, 4, 4), (2, 2, 3, 3, 2), (1, 3, 4, 2, 5
 BATCH = 2
 
 
+def _normal(seed: int, shape) -> jax.Array:
+    """Standard normal test inputs from numpy: a jax.random draw compiles once per shape (~0.4 s each here)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
 def _assert_close(actual, expected, rtol=2e-4):
     expected = np.asarray(expected)
     scale = max(float(np.max(np.abs(expected))), 1e-6)
@@ -40,8 +45,8 @@ def _pair(kind: str, out: int, k: int, impl: str):
 
 def _check_same_function(kind, h, w, cin, cout, k, impl="fast"):
     ref_layer, fast_layer = _pair(kind, cout, k, impl)
-    kx, kp = jax.random.split(jax.random.PRNGKey(h * 1000 + w * 10 + k))
-    x = jax.random.normal(kx, (BATCH, h, w, cin))
+    kp = jax.random.PRNGKey(h * 1000 + w * 10 + k)
+    x = _normal(h * 1000 + w * 10 + k, (BATCH, h, w, cin))
     ref_params = jax.jit(ref_layer.init)(kp, x)
     fast_params = jax.jit(fast_layer.init)(kp, x)
     # Same parameter tree, shapes and (same initialisers, same key) values.
@@ -59,7 +64,7 @@ def _check_same_function(kind, h, w, cin, cout, k, impl="fast"):
     _assert_close(y_fast, y_ref)
 
     # A loss that weights every output differently, so a transposed or shifted output would show.
-    weights = jax.random.normal(jax.random.PRNGKey(7), y_ref.shape)
+    weights = _normal(7, y_ref.shape)
 
     def loss(layer, p, x):
         return jnp.sum(weights * jnp.tanh(layer.apply(p, x)))
@@ -125,8 +130,8 @@ def test_kernel_orientation_known_answer():
 )
 @pytest.mark.parametrize("h,w,cin,cout,k", [(5, 5, 6, 4, 5), (4, 3, 3, 2, 6), (1, 1, 8, 3, 5), (3, 2, 2, 2, 3)])
 def test_every_transpose_formulation(fn, h, w, cin, cout, k):
-    x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, h, w, cin))
-    kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+    x = _normal(0, (BATCH, h, w, cin))
+    kernel = _normal(1, (k, k, cin, cout))
     _assert_close(jax.jit(fn)(x, kernel), L.conv_transpose_s2_xla(x, kernel))
 
 
@@ -135,8 +140,8 @@ def test_every_transpose_formulation(fn, h, w, cin, cout, k):
                          ids=["im2col", "s2d-conv", "s2d-im2col", "s2d-col2im", "fast", "forward"])
 @pytest.mark.parametrize("h,w,cin,cout,k", [(31, 31, 4, 5, 4), (10, 9, 3, 2, 2), (9, 12, 2, 3, 4)])
 def test_every_conv_formulation(fn, h, w, cin, cout, k):
-    x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, h, w, cin))
-    kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+    x = _normal(0, (BATCH, h, w, cin))
+    kernel = _normal(1, (k, k, cin, cout))
     _assert_close(jax.jit(fn)(x, kernel), L.conv_s2_xla(x, kernel))
 
 
@@ -145,8 +150,8 @@ def test_every_conv_formulation(fn, h, w, cin, cout, k):
     h=st.integers(1, 7), w=st.integers(1, 7), k=st.integers(2, 7), cin=st.integers(1, 4), cout=st.integers(1, 4)
 )
 def test_conv_transpose_any_size(h, w, k, cin, cout):
-    x = jax.random.normal(jax.random.PRNGKey(h + 10 * w), (1, h, w, cin))
-    kernel = jax.random.normal(jax.random.PRNGKey(k), (k, k, cin, cout))
+    x = _normal(h + 10 * w, (1, h, w, cin))
+    kernel = _normal(k, (k, k, cin, cout))
     y = jax.jit(L.conv_transpose_s2, static_argnames="impl")(x, kernel, impl="fast")
     assert y.shape == (1, 2 * (h - 1) + k, 2 * (w - 1) + k, cout)
     _assert_close(y, L.conv_transpose_s2_xla(x, kernel))
@@ -155,15 +160,15 @@ def test_conv_transpose_any_size(h, w, k, cin, cout):
 @settings(max_examples=8, deadline=None)
 @given(extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), k=st.integers(1, 6), cin=st.integers(1, 4))
 def test_conv_any_size(extra_h, extra_w, k, cin):
-    x = jax.random.normal(jax.random.PRNGKey(extra_h + 7 * extra_w), (1, k + extra_h, k + extra_w, cin))
-    kernel = jax.random.normal(jax.random.PRNGKey(k), (k, k, cin, 3))
+    x = _normal(extra_h + 7 * extra_w, (1, k + extra_h, k + extra_w, cin))
+    kernel = _normal(k, (k, k, cin, 3))
     fast = jax.jit(L.conv_s2, static_argnames="impl")(x, kernel, impl="fast")
     _assert_close(fast, L.conv_s2_xla(x, kernel))
 
 
 def test_jit_vmap_and_unbatched_inputs():
     layer = L.make_conv_transpose(4, 5, impl="fast")
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 5, 5, 6))  # two leading batch axes
+    x = _normal(0, (3, 2, 5, 5, 6))  # two leading batch axes
     params = layer.init(jax.random.PRNGKey(1), x[0])
     batched = jax.jit(layer.apply)(params, x.reshape(6, 5, 5, 6)).reshape(3, 2, 13, 13, 4)
     mapped = jax.jit(jax.vmap(layer.apply, in_axes=(None, 0)))(params, x)
@@ -176,7 +181,7 @@ def test_jit_vmap_and_unbatched_inputs():
 
     conv = L.make_conv(3, 4, impl="fast")
     cparams = conv.init(jax.random.PRNGKey(2), jnp.zeros((1, 14, 14, 2)))
-    xc = jax.random.normal(jax.random.PRNGKey(3), (4, 1, 14, 14, 2))
+    xc = _normal(3, (4, 1, 14, 14, 2))
     _assert_close(jax.vmap(conv.apply, in_axes=(None, 0))(cparams, xc)[:, 0], conv.apply(cparams, xc[:, 0]))
 
 
@@ -245,7 +250,7 @@ def test_paper_vae_same_loss_and_gradients_with_fast_layers():
 
 # ------------------------------------------------------------------------------------------ phase layout
 def test_phase_layout_is_a_permutation_and_round_trips():
-    y = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
+    y = _normal(0, (2, 6, 4, 3))
     p = L.to_phase_layout(y)
     assert p.shape == (12, 2, 3, 2)
     # [(py, px, c), b, m, n] = y[b, 2m+py, 2n+px, c]
@@ -258,12 +263,11 @@ def test_phase_layout_is_a_permutation_and_round_trips():
 
 @pytest.mark.parametrize("h,w,cin,cout,k", [(30, 30, 32, 3, 6), (4, 3, 3, 2, 6), (3, 5, 2, 4, 4), (2, 2, 3, 3, 2)])
 def test_conv_transpose_phases_is_the_xla_layer_in_phase_layout_values_and_gradients(h, w, cin, cout, k):
-    kx, kk, kw = jax.random.split(jax.random.PRNGKey(h + 10 * k), 3)
-    x = jax.random.normal(kx, (BATCH, h, w, cin))
-    kernel = jax.random.normal(kk, (k, k, cin, cout))
+    x = _normal(h + 10 * k, (BATCH, h, w, cin))
+    kernel = _normal(h + 10 * k + 1, (k, k, cin, cout))
     ref = L.to_phase_layout(L.conv_transpose_s2_xla(x, kernel))
     _assert_close(jax.jit(L.conv_transpose_s2_phases)(x, kernel), ref)
-    weights = jax.random.normal(kw, ref.shape)
+    weights = _normal(h + 10 * k + 2, ref.shape)
 
     def loss(fn):
         return lambda x, kernel: jnp.sum(weights * jnp.tanh(fn(x, kernel)))
@@ -280,7 +284,7 @@ def test_forward_impl_picks_per_layer_shape_and_keeps_values_and_gradients():
     "fast" matmul with no convolution; values and gradients are nn.Conv's in every case."""
     cases = ((16, 3, 8, "tensor<2x2x12x8xf32>"), (16, 3, 32, "tensor<4x4x3x32xf32>"), (14, 16, 32, None))
     for size, cin, cout, kernel in cases:
-        x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, size, size, cin))
+        x = _normal(0, (BATCH, size, size, cin))
         layer, ref = L.make_conv(cout, 4, impl="forward"), nn.Conv(cout, (4, 4), strides=(2, 2), padding="VALID")
         params = ref.init(jax.random.PRNGKey(1), x)
         hlo = jax.jit(layer.apply).lower(params, x).as_text()
@@ -300,9 +304,10 @@ def test_forward_impl_picks_per_layer_shape_and_keeps_values_and_gradients():
 @pytest.mark.parametrize("impl", ["fast", "xla", "forward"])
 def test_conv_transpose_module_phase_layout_equals_its_nhwc_output(impl):
     layer = L.make_conv_transpose(3, 6, impl=impl)
-    x = jax.random.normal(jax.random.PRNGKey(0), (BATCH, 5, 4, 8))
+    x = _normal(0, (BATCH, 5, 4, 8))
     params = layer.init(jax.random.PRNGKey(1), x)
-    params = jax.tree.map(lambda p: p + 0.1 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size, params)
+    params = jax.tree.map(lambda p: np.asarray(p) + 0.1 * np.arange(p.size, dtype=p.dtype).reshape(p.shape) / p.size,
+                          params)
     _assert_close(layer.apply(params, x, phase_layout=True), L.to_phase_layout(layer.apply(params, x)))
     with pytest.raises(ShapeError, match="even kernel"):
         odd = L.make_conv_transpose(3, 5, impl=impl)
