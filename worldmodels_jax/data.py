@@ -210,7 +210,7 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
     if not 0.0 <= random_prob <= 1.0:
         raise ConfigError(f"random_prob must be in [0, 1], got {random_prob}")
 
-    def one_env(key):
+    def one_env(key, random_prob):
         key_reset, key_loop = jax.random.split(key)
         obs, state = env.reset(key_reset, env_params)
         action0 = jnp.zeros(spec.raw_shape, spec.raw_dtype)
@@ -237,7 +237,10 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
         _, records = jax.lax.scan(step, carry, jax.random.split(key_loop, steps))
         return records
 
-    return jax.jit(lambda key: jax.vmap(one_env)(jax.random.split(key, num_envs)))
+    # random_prob is an argument, not a constant: collections that differ only in it share one program.
+    collect = jax.jit(lambda key, random_prob: jax.vmap(one_env, in_axes=(0, None))(jax.random.split(key, num_envs),
+                                                                                     random_prob))
+    return lambda key: collect(key, jnp.float32(random_prob))
 
 
 def make_env(env_id: str):
