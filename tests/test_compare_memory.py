@@ -159,7 +159,8 @@ def test_dream_arm_reads_m_from_its_memory_run_and_refuses_other_m_settings(tmp_
     tiny = dataclasses.replace(tiny, mdn=dataclasses.replace(tiny.mdn, done_head=True))  # the dream needs done
     shared = Pipeline(tiny, tmp_path / "shared", progress=False)
     memory_run = SharedVPipeline(tiny, tmp_path / "lstm", shared, progress=False)
-    params = memory_run.memory_params_template()
+    params = init_memory(jax.random.PRNGKey(0), memory_run.memory)
+    assert jax.tree.structure(memory_run.memory_params_template()) == jax.tree.structure(params)  # shapes only
     memory_run.run.checkpointer("mdn").save(0, jax.tree.map(lambda x: x + 1.5, params))
     dream_config = dataclasses.replace(tiny, controller=dataclasses.replace(tiny.controller, where="dream"))
     dream_arm = SharedMPipeline(dream_config, tmp_path / "lstm-dream", shared, memory_run, progress=False)
