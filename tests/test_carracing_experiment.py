@@ -6,7 +6,6 @@ import builtins
 import dataclasses
 import importlib.util
 import json
-from functools import partial
 
 import jax
 import numpy as np
@@ -30,18 +29,23 @@ def test_cpu_small_resolves_to_the_carracing_preset():
     assert config.controller.action_mapping == "carracing"
     # the table is over 100 full-length episodes, whatever the training cap
     assert config.evaluate.episodes == 100 and config.evaluate.max_episode_steps == 0
-    assert get_preset("paper", "CarRacing-v0").preset == "carracing-paper"
+    paper = get_preset("paper", "CarRacing-v0")
+    assert paper.preset == "carracing-paper" and paper.collect.policy == "random_controller"  # the original's recipe
     with pytest.raises(ConfigError, match="collect.policy"):
         CollectConfig(policy="greedy")
     with pytest.raises(ConfigError, match="random_prob"):
         CollectConfig(random_prob=1.5)
+    with pytest.raises(ConfigError, match="controller_std"):
+        CollectConfig(policy="random_controller", controller_std=0.0)
 
 
 def test_noisy_scripted_collection_drives_and_keeps_random_data_unchanged():
     env, params = make_env("CarRacing-v0")
     spec = action_spec(env.action_space(params))
     key = jax.random.PRNGKey(3)
-    policy = partial(noisy_scripted_driver, steer_noise=0.0, speed_noise=0.0)
+    def policy(key, episode_key, state, params):
+        return noisy_scripted_driver(key, state, params, steer_noise=0.0, speed_noise=0.0)
+
     driven = make_collect_shard(env, params, spec, 2, 40, 1, 1, policy, random_prob=0.0)(key)
     random = make_collect_shard(env, params, spec, 2, 40, 1, 1)(key)
     # noiseless, the exploration policy is the scripted driver: it gathers tiles; random actions do not
@@ -54,12 +58,19 @@ def test_noisy_scripted_collection_drives_and_keeps_random_data_unchanged():
         make_collect_shard(env, params, spec, 2, 40, 1, 1, policy, random_prob=-0.1)
 
 
-def test_noisy_scripted_collection_is_carracing_only(tmp_path):
+def test_noisy_scripted_collection_is_carracing_only_and_the_random_controller_is_any_env(tmp_path):
+    from worldmodels_jax.data import Dataset
     from worldmodels_jax.pipeline import Pipeline
 
     config = dataclasses.replace(get_preset("tiny"), collect=CollectConfig(num_envs=2, steps=8, policy="noisy_scripted"))
     with pytest.raises(ConfigError, match="CarRacing-v0 only"):
         Pipeline(config, tmp_path / "run", progress=False).collect()
+    # the original CarRacing recipe, an untrained controller, drives any env through C's action mapping
+    config = dataclasses.replace(config, collect=CollectConfig(num_envs=2, steps=8, policy="random_controller"))
+    pipeline = Pipeline(config, tmp_path / "run-rc", progress=False)
+    pipeline.collect()
+    dataset = Dataset.open(pipeline.data_dir, require_complete=True)
+    assert dataset.manifest["meta"]["policy"] == "random_controller" and dataset.num_frames == 16
 
 
 def test_scripted_driver_row_scores_on_the_evaluation_tracks():

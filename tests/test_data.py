@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from worldmodels_jax.data import Dataset, check_image_env, make_collect_shard, make_env
+from worldmodels_jax.data import Dataset, check_image_env, make_collect_shard, make_env, random_controller_policy
 from worldmodels_jax.envs.actions import ActionEncoder, action_spec
+from worldmodels_jax.models.controller import ActionMapping
 from worldmodels_jax.errors import ConfigError, DatasetError, EnvError
 
 
@@ -36,6 +37,47 @@ def test_action_hold_keeps_actions_for_at_least_min_frames():
     assert changes and all((t - starts[t]) % 5 == 0 for t in changes)
     with pytest.raises(ConfigError, match="hold"):
         make_collect_shard(env, params, spec, 2, 10, hold_min=3, hold_max=2)
+
+
+def test_collection_policy_gets_one_episode_key_per_episode():
+    env, params = make_env("Pendulum-v1")
+    params = params.replace(max_steps_in_episode=7)
+    spec = action_spec(env.action_space(params))
+
+    def episode_constant(key, episode_key, env_state, env_params):
+        return jax.random.uniform(episode_key, (1,), minval=-2.0, maxval=2.0)
+
+    arrays = jax.device_get(make_collect_shard(env, params, spec, 2, 20, policy=episode_constant, random_prob=0.0)(
+        jax.random.PRNGKey(0)))
+    actions, first = arrays["action"][..., 0], arrays["first"]
+    assert first.sum() == 2 * 3  # episodes start at steps 0, 7 and 14
+    for row, starts in zip(actions, first):
+        episode = np.cumsum(starts)
+        per_episode = [np.unique(row[episode == e]) for e in (1, 2, 3)]
+        assert all(values.size == 1 for values in per_episode)  # one action for a whole episode
+        assert len({float(v[0]) for v in per_episode}) == 3  # and a fresh one after each reset
+    assert actions[0, 0] != actions[1, 0]
+
+
+def test_random_controller_policy_matches_the_original_recipe_statistics():
+    """Weights and bias ~ N(0, s²), s ~ U(0, 0.01), fed N(0, 1) features: the steering pre-activation has
+    E[u²] = E[s²] (n + 1) = (0.01² / 3) (n + 1); gas is 0.5 on average; the brake is on half the time."""
+    inputs, samples = 32, 20000
+    policy = random_controller_policy(ActionMapping("carracing", 3), inputs)
+    step_keys, episode_keys = jax.random.split(jax.random.PRNGKey(0), (2, samples))
+    actions = np.asarray(jax.vmap(lambda k, e: policy(k, e, None, None))(step_keys, episode_keys))
+    steer, gas, brake = actions.T
+    rms = np.sqrt(np.mean(np.arctanh(steer) ** 2))
+    np.testing.assert_allclose(rms, np.sqrt(0.01**2 / 3 * (inputs + 1)), rtol=0.05)
+    assert abs(gas.mean() - 0.5) < 0.002 and np.all(np.abs(gas - 0.5) < 0.15)
+    assert 0.47 < np.mean(brake > 0) < 0.53 and brake.max() < 0.3 and brake.min() == 0.0
+    # one controller per episode: an episode's mean steering is its bias s·b, std sqrt(0.01² / 3) = 0.0058 across
+    # episodes (0.0066 with the step noise); a controller drawn afresh every step would give 0.033 / sqrt(100)
+    per_episode = jax.vmap(lambda e, ks: jax.vmap(lambda k: policy(k, e, None, None))(ks))
+    steer_means = np.asarray(per_episode(episode_keys[:200], step_keys[:20000].reshape(200, 100, -1)))[..., 0].mean(1)
+    assert 0.0050 < steer_means.std() < 0.0085
+    with pytest.raises(ConfigError, match="inputs"):
+        random_controller_policy(ActionMapping("carracing", 3), 0)
 
 
 def test_dataset_roundtrip_and_manifest(tmp_path, shard):

@@ -20,6 +20,9 @@ from worldmodels_jax.train.mdn import MDNTrainConfig
 from worldmodels_jax.train.vae import VAETrainConfig
 
 
+COLLECT_POLICIES = ("random", "random_controller", "noisy_scripted")
+
+
 @dataclasses.dataclass(frozen=True)
 class CollectConfig:
     """Random-policy data collection."""
@@ -34,20 +37,26 @@ class CollectConfig:
     hold_max: int = 1
 
     policy: str = "random"
-    """'random' (the original's) or 'noisy_scripted' (CarRacing-v0 only: the scripted driver with steering
-    and speed noise, mixed with random held actions; docs/carracing.md, "Data collection")."""
+    """'random' (uniform random actions, held hold_min..hold_max frames: the original's Doom recipe),
+    'random_controller' (an untrained controller with tiny random weights, a new one per episode: the
+    original's CarRacing recipe) or 'noisy_scripted' (CarRacing-v0 only: the scripted driver with steering
+    and speed noise, mixed with random held actions). docs/carracing.md, "Data collection"."""
     random_prob: float = 0.3
     """With policy 'noisy_scripted': the chance that a hold segment is a random action instead."""
     policy_noise: float = 0.3
     """With policy 'noisy_scripted': std of the steering noise and of the log speed-target scale."""
+    controller_std: float = 0.01
+    """With policy 'random_controller': each episode's weights have std U(0, controller_std) (original: 0.01)."""
 
     def __post_init__(self):
         if min(self.num_envs, self.steps, self.num_shards) < 1:
             raise ConfigError("collect.num_envs, steps and num_shards must be >= 1")
         if not 1 <= self.hold_min <= self.hold_max:
             raise ConfigError(f"collect needs 1 <= hold_min <= hold_max, got {self.hold_min}, {self.hold_max}")
-        if self.policy not in ("random", "noisy_scripted"):
-            raise ConfigError(f"collect.policy must be 'random' or 'noisy_scripted', got {self.policy!r}")
+        if self.policy not in COLLECT_POLICIES:
+            raise ConfigError(f"collect.policy must be one of {COLLECT_POLICIES}, got {self.policy!r}")
+        if not self.controller_std > 0:
+            raise ConfigError(f"collect.controller_std must be > 0, got {self.controller_std}")
         if not 0.0 <= self.random_prob <= 1.0 or self.policy_noise < 0:
             raise ConfigError(f"collect needs 0 <= random_prob <= 1 and policy_noise >= 0, got "
                               f"{self.random_prob}, {self.policy_noise}")
@@ -195,7 +204,8 @@ PRESETS: dict[str, PipelineConfig] = {
         preset="carracing-paper",
         vae=VAEConfig(z_size=32),
         mdn=MDNRNNConfig(z_size=32, action_size=3, hidden_size=256, num_mixtures=5),
-        collect=CollectConfig(num_envs=100, steps=1000, num_shards=100),
+        # The original's CarRacing data: an untrained controller per rollout (its extract.py), not uniform actions.
+        collect=CollectConfig(num_envs=100, steps=1000, num_shards=100, policy="random_controller"),
         train_vae=VAETrainConfig(epochs=10, batch_size=100, learning_rate=1e-4),
         train_mdn=MDNTrainConfig(steps=4000, batch_size=100, seq_len=999, learning_rate=1e-3),
         controller=ControllerStageConfig(

@@ -202,8 +202,9 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
 
     The random action of each env is held for a uniform 1..`hold` frames (hold_min = hold_max = 1:
     a new random action every step), as the Doom data collection did. With an exploration `policy`
-    `(key, env_state, env_params) -> action`, each such segment is random with probability `random_prob`
-    and otherwise driven by the policy, which then acts every step.
+    `(key, episode_key, env_state, env_params) -> action`, each such segment is random with probability
+    `random_prob` and otherwise driven by the policy, which then acts every step. `episode_key` stays the
+    same for a whole episode and is fresh after each reset (for policies with per-episode parameters).
     """
     if not 1 <= hold_min <= hold_max:
         raise ConfigError(f"action hold must satisfy 1 <= hold_min <= hold_max, got {hold_min}, {hold_max}")
@@ -216,8 +217,9 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
         action0 = jnp.zeros(spec.raw_shape, spec.raw_dtype)
 
         def step(carry, key_t):
-            obs, state, first, held, hold, use_random = carry
+            obs, state, first, held, hold, use_random, episode_key = carry
             key_action, key_hold, key_step = jax.random.split(key_t, 3)
+            episode_key = jnp.where(first, jax.random.fold_in(key_t, 2), episode_key)
             fresh = (hold <= 0) | first
             held = jnp.where(fresh, sample_action(key_action, spec), held)
             hold = jnp.where(fresh, jax.random.randint(key_hold, (), hold_min, hold_max + 1), hold) - 1
@@ -226,14 +228,15 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
             else:
                 key_mix, key_policy = jax.random.split(jax.random.fold_in(key_t, 1))
                 use_random = jnp.where(fresh, jax.random.bernoulli(key_mix, random_prob), use_random)
-                action = jnp.where(use_random, held, policy(key_policy, state, env_params).astype(held.dtype))
+                driven = policy(key_policy, episode_key, state, env_params).astype(held.dtype)
+                action = jnp.where(use_random, held, driven)
             next_obs, state, reward, terminated, truncated, _ = env.step(key_step, state, action, env_params)
             record = {"obs": obs, "action": action, "reward": reward.astype(jnp.float32),
                       "terminated": terminated, "truncated": truncated, "first": first}
             done = terminated | truncated
-            return (next_obs, state, done, held, hold, use_random), record
+            return (next_obs, state, done, held, hold, use_random, episode_key), record
 
-        carry = (obs, state, jnp.array(True), action0, jnp.array(0), jnp.array(True))
+        carry = (obs, state, jnp.array(True), action0, jnp.array(0), jnp.array(True), jnp.zeros_like(key_loop))
         _, records = jax.lax.scan(step, carry, jax.random.split(key_loop, steps))
         return records
 
@@ -241,6 +244,31 @@ def make_collect_shard(env, env_params, spec: ActionSpec, num_envs: int, steps: 
     collect = jax.jit(lambda key, random_prob: jax.vmap(one_env, in_axes=(0, None))(jax.random.split(key, num_envs),
                                                                                      random_prob))
     return lambda key: collect(key, jnp.float32(random_prob))
+
+
+def random_controller_policy(mapping, inputs: int, max_std: float = 0.01):
+    """The original World Models' CarRacing data policy: an untrained controller, a new one per episode.
+
+    Each episode draws s ~ U(0, `max_std`), then W ~ N(0, s²) of shape (outputs, `inputs`) and b ~ N(0, s²)
+    (the original's `init_random_model_params(stdev=np.random.rand() * 0.01)`). Each step feeds it white
+    N(0, 1) features, which stand in for the sampled z of an untrained V, and acts `mapping(tanh(W f + b))`.
+    With such small weights the pre-activations stay within about ±0.2: on CarRacing that is gas near 0.5,
+    little steering and a light brake on about half the steps, so the car drives off along the start straight.
+    Returns a collection policy `(key, episode_key, env_state, env_params) -> action`.
+    """
+    if inputs < 1 or not max_std > 0:
+        raise ConfigError(f"random_controller_policy needs inputs >= 1 and max_std > 0, got {inputs}, {max_std}")
+
+    def policy(key, episode_key, env_state, env_params):
+        del env_state, env_params
+        key_std, key_w, key_b = jax.random.split(episode_key, 3)
+        std = max_std * jax.random.uniform(key_std)
+        weights = std * jax.random.normal(key_w, (mapping.num_outputs, inputs))
+        bias = std * jax.random.normal(key_b, (mapping.num_outputs,))
+        features = jax.random.normal(key, (inputs,))
+        return mapping(jnp.tanh(weights @ features + bias))
+
+    return policy
 
 
 def make_env(env_id: str):
@@ -253,4 +281,4 @@ def make_env(env_id: str):
     return gymnax.make(env_id)
 
 
-__all__ = ["Dataset", "make_collect_shard", "check_image_env", "make_env", "action_spec"]
+__all__ = ["Dataset", "make_collect_shard", "random_controller_policy", "check_image_env", "make_env", "action_spec"]

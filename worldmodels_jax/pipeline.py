@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from worldmodels_jax.configs import PipelineConfig, resolve
-from worldmodels_jax.data import Dataset, check_image_env, make_collect_shard, make_env
+from worldmodels_jax.data import Dataset, check_image_env, make_collect_shard, make_env, random_controller_policy
 from worldmodels_jax.envs.actions import ActionEncoder, action_spec
 from worldmodels_jax.envs.dream import DreamEnv, DreamParams
 from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
@@ -189,13 +189,17 @@ class Pipeline:
         cfg = self.config.collect
         meta = {"env_id": self.config.env_id, "num_envs": cfg.num_envs, "steps": cfg.steps,
                 "hold": [cfg.hold_min, cfg.hold_max], "seed": self.config.seed}
-        policy = None
-        if cfg.policy != "random":
-            policy = self._exploration_policy(cfg)
+        policy, random_prob = None, 1.0
+        if cfg.policy == "noisy_scripted":
+            policy, random_prob = self._noisy_scripted_policy(cfg), cfg.random_prob
             meta.update(policy=cfg.policy, random_prob=cfg.random_prob, policy_noise=cfg.policy_noise)
+        elif cfg.policy == "random_controller":
+            mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
+            policy, random_prob = random_controller_policy(mapping, self.config.vae.z_size, cfg.controller_std), 0.0
+            meta.update(policy=cfg.policy, controller_std=cfg.controller_std)
         dataset = Dataset.create(self.data_dir, meta, cfg.num_shards)
         collect_fn = make_collect_shard(self.env, self.env_params, self.spec, cfg.num_envs, cfg.steps,
-                                        cfg.hold_min, cfg.hold_max, policy, cfg.random_prob)
+                                        cfg.hold_min, cfg.hold_max, policy, random_prob)
         key = self.key("collect")
         with self._bar(cfg.num_shards, "collect") as bar:
             for index in range(cfg.num_shards):
@@ -206,16 +210,19 @@ class Pipeline:
         return {"frames": dataset.num_frames, "shards": cfg.num_shards,
                 "episodes_started": sum(s["episodes_started"] for s in dataset.manifest["shards"])}
 
-    def _exploration_policy(self, cfg):
+    def _noisy_scripted_policy(self, cfg):
         """collect.policy 'noisy_scripted': the CarRacing scripted driver with noise (CarRacing-v0 only)."""
-        from functools import partial
-
         from worldmodels_jax.envs.carracing import CarRacing, noisy_scripted_driver
 
         if not isinstance(self.env, CarRacing) or self.env.discrete:
             raise ConfigError(f"collect.policy {cfg.policy!r} drives CarRacing-v0 only; {self.config.env_id} "
-                              "needs collect.policy='random'")
-        return partial(noisy_scripted_driver, steer_noise=cfg.policy_noise, speed_noise=cfg.policy_noise)
+                              "needs collect.policy='random' or 'random_controller'")
+
+        def policy(key, episode_key, env_state, env_params):
+            del episode_key
+            return noisy_scripted_driver(key, env_state, env_params, cfg.policy_noise, cfg.policy_noise)
+
+        return policy
 
     def train_vae(self):
         return self._timed("train-vae", self._train_vae)
