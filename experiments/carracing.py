@@ -7,7 +7,9 @@ each over 100 random tracks never seen in training, written to <out>/carracing_t
     python experiments/carracing.py [--out runs/carracing-cpu-small] [--preset cpu-small] [--quiet] [overrides]
 
 `--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes); `--preset paper` is
-`carracing-paper` (GPU). An interrupted run resumes where it stopped when re-run with the same --out.
+`carracing-paper` (GPU); `--preset paper-cpu` is `carracing-paper-cpu`, the paper's models and settings at
+cpu-small's budget (z + h only, about 75 minutes on 2 cores). An interrupted run resumes where it stopped
+when re-run with the same --out.
 Config overrides use the dataclass paths, as for `wmj run` (e.g. `--controller.es.generations 10`).
 """
 

@@ -51,3 +51,27 @@ def test_carracing_cpu_small_population_is_at_least_cma_es_default_for_each_cont
     defaults = {mode: 4 + math.floor(3 * math.log(n)) for mode, n in sizes.items()}
     assert defaults == {"z_h": 20, "z": 15, "z_hidden": 24}
     assert preset.controller.es.population >= max(defaults.values())
+
+
+def _flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def test_carracing_paper_cpu_is_the_paper_preset_with_only_the_budget_changed():
+    import dataclasses
+
+    paper, check, small = (_flat(dataclasses.asdict(get_preset(name, "CarRacing-v0")))
+                           for name in ("paper", "paper-cpu", "cpu-small"))
+    changed = {key for key in paper if paper[key] != check[key]}
+    assert changed == {
+        "preset", "collect.num_envs", "collect.steps", "collect.num_shards",
+        "train_vae.epochs", "train_vae.batch_size", "train_vae.learning_rate",
+        "train_mdn.steps", "train_mdn.batch_size", "train_mdn.seq_len", "train_mdn.learning_rate",
+        "controller.modes", "controller.max_episode_steps", "controller.es.population", "controller.es.rollouts",
+        "controller.es.generations", "controller.es.eval_every", "controller.es.eval_episodes",
+    }
+    assert all(check[key] == small[key] for key in changed - {"preset", "controller.modes"})
+    assert check["controller.modes"] == ("z_h",) and check["collect.policy"] == "random_controller"
+    assert (check["vae.z_size"], check["mdn.hidden_size"], check["controller.es.sigma_init"]) == (32, 256, 0.1)

@@ -2,6 +2,7 @@
 
 Presets are named instances, not files: `cpu-small` (pixel CartPole on a 2-core CPU in minutes),
 `tiny` (for tests), and paper-scale ones (`carracing-paper`, `takecover-paper`) for GPUs.
+`carracing-paper-cpu` is the paper preset's models and settings at `carracing-cpu-small`'s budget.
 Sizes that follow from the environment and from V (M's z and action sizes, C's input sizes) are
 filled in by `resolve`, and the resolved config is what a run directory records.
 """
@@ -280,6 +281,31 @@ PRESETS: dict[str, PipelineConfig] = {
         evaluate=EvaluateConfig(episodes=100),
     ),
 }
+
+
+
+def paper_settings_at_cpu_budget(paper: PipelineConfig, small: PipelineConfig, name: str) -> PipelineConfig:
+    """`paper`'s models, collection policy and controller settings with `small`'s data and training budget.
+
+    A CPU check of the paper preset's settings before GPU hours go into them: V, M and C keep the paper's
+    sizes, σ₀, L2, sampled raw z and data recipe; collection, V and M training, the ES's population,
+    rollouts, generations and episode cap, and its training-time evaluation come from `small`. Only z + h.
+    """
+    budget_es = {f: getattr(small.controller.es, f) for f in
+                 ("population", "rollouts", "generations", "eval_every", "eval_episodes")}
+    collect = dataclasses.replace(paper.collect, num_envs=small.collect.num_envs, steps=small.collect.steps,
+                                  num_shards=small.collect.num_shards)
+    train_mdn = dataclasses.replace(paper.train_mdn, steps=small.train_mdn.steps, batch_size=small.train_mdn.batch_size,
+                                    seq_len=small.train_mdn.seq_len, learning_rate=small.train_mdn.learning_rate)
+    controller = dataclasses.replace(paper.controller, modes=("z_h",), max_episode_steps=small.controller.max_episode_steps,
+                                     es=dataclasses.replace(paper.controller.es, **budget_es))
+    return dataclasses.replace(paper, preset=name, collect=collect, train_vae=small.train_vae, train_mdn=train_mdn,
+                               controller=controller)
+
+
+# docs/carracing.md, "carracing-paper-cpu": about 75 minutes on a 2-core Zen 3 VM.
+PRESETS["carracing-paper-cpu"] = paper_settings_at_cpu_budget(PRESETS["carracing-paper"], PRESETS["carracing-cpu-small"],
+                                                              "carracing-paper-cpu")
 
 
 ENV_FAMILIES: dict[str, str] = {"CarRacing-v0": "carracing", "CarRacingDiscrete-v0": "carracing",
