@@ -303,7 +303,7 @@ def paper_settings_at_cpu_budget(paper: PipelineConfig, small: PipelineConfig, n
                                controller=controller)
 
 
-# docs/carracing.md, "carracing-paper-cpu": about 75 minutes on a 2-core Zen 3 VM.
+# docs/carracing.md, "carracing-paper-cpu": 84 minutes on a 2-core Zen 3 VM (seed 1).
 PRESETS["carracing-paper-cpu"] = paper_settings_at_cpu_budget(PRESETS["carracing-paper"], PRESETS["carracing-cpu-small"],
                                                               "carracing-paper-cpu")
 
