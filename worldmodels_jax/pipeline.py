@@ -159,14 +159,18 @@ class Pipeline:
         return {"z_mean": jnp.mean(data.mu, axis=(0, 1)), "z_std": jnp.std(data.mu, axis=(0, 1)) + floor,
                 "h_mean": jnp.mean(features, axis=(0, 1)), "h_std": jnp.std(features, axis=(0, 1)) + floor}
 
+    def action_mapping(self):
+        """C's map from tanh outputs to env actions (controller.action_mapping for this env's action space)."""
+        return action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
+
     def controller_config(self, mode: str) -> ControllerConfig:
-        mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
+        mapping = self.action_mapping()
         return ControllerConfig(mode=mode, z_size=self.config.vae.z_size, feature_size=self.memory.feature_size,
                                 num_outputs=mapping.num_outputs, hidden_units=self.config.controller.hidden_units,
                                 use_bias=self.config.controller.use_bias)
 
     def agent(self, mode: str, obs_kind: str = "pixels") -> Agent:
-        mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
+        mapping = self.action_mapping()
         return Agent(controller=Controller(self.controller_config(mode)), mapping=mapping, vae=self.vae,
                      memory=self.memory, action_encoder=self.action_encoder, obs_kind=obs_kind,
                      z_sample=self.config.controller.z_sample)
@@ -194,8 +198,8 @@ class Pipeline:
             policy, random_prob = self._noisy_scripted_policy(cfg), cfg.random_prob
             meta.update(policy=cfg.policy, random_prob=cfg.random_prob, policy_noise=cfg.policy_noise)
         elif cfg.policy == "random_controller":
-            mapping = action_mapping_for(self.env.action_space(self.env_params), self.config.controller.action_mapping)
-            policy, random_prob = random_controller_policy(mapping, self.config.vae.z_size, cfg.controller_std), 0.0
+            policy = random_controller_policy(self.action_mapping(), self.config.vae.z_size, cfg.controller_std)
+            random_prob = 0.0
             meta.update(policy=cfg.policy, controller_std=cfg.controller_std)
         dataset = Dataset.create(self.data_dir, meta, cfg.num_shards)
         collect_fn = make_collect_shard(self.env, self.env_params, self.spec, cfg.num_envs, cfg.steps,
