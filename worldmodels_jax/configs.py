@@ -283,7 +283,6 @@ PRESETS: dict[str, PipelineConfig] = {
 }
 
 
-
 def paper_settings_at_cpu_budget(paper: PipelineConfig, small: PipelineConfig, name: str) -> PipelineConfig:
     """`paper`'s models, collection policy and controller settings with `small`'s data and training budget.
 
