@@ -2,12 +2,18 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-# The suite compiles with LLVM at -O1 (XLA's default is -O2). Compiling dominates this suite on a 2-core CPU, and
-# -O1 compiles about twice as fast without slowing what runs (measured on a Zen 3 VM: tests/test_layers.py from
-# a cold cache 250 -> 127 s; the TakeCover dream test 125 -> 107 s; a V gradient step 0.218 -> 0.222 s). -O0 was
-# tried and rejected: its programs run slower. Subprocesses that tests start inherit the flag.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
+# The suite trades run time for compile time, because compiling dominates it on a 2-core CPU. Subprocesses that
+# tests start inherit the flags. Measured on a Zen 3 VM, from a cold cache:
+# - LLVM at -O1 (XLA's default is -O2) compiles about twice as fast without slowing what runs
+#   (tests/test_layers.py 250 -> 127 s; a V gradient step 0.218 -> 0.222 s). -O0 was rejected: its programs run slower.
+# - XLA CPU's older fusion code generator (`--xla_cpu_use_fusion_emitters=false`) compiles faster again, and what
+#   it compiles runs about 15 % slower (2026-11-30: tests/test_layers.py 93 -> 70 s, test_pipeline.py 119 -> 82 s,
+#   the TakeCover dream test 109 -> 102 s; that test's programs, cached, ran 50 -> 58 s).
+# Users get XLA's defaults; only the suite sets these.
+SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "1", "xla_cpu_use_fusion_emitters": "false"}
+for _flag, _value in SUITE_XLA_FLAGS.items():
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
 
 # Programs that compile in over 0.5 s go to the persistent cache; subprocesses given a cache directory inherit this.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

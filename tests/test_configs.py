@@ -8,6 +8,7 @@ from worldmodels_jax.configs import ControllerStageConfig, get_preset
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.evolution import ESConfig
 from worldmodels_jax.models.controller import ControllerConfig
+from worldmodels_jax.train.mdn import MDNTrainConfig
 
 
 def test_sigma_fan_in_scales_the_initial_step_by_the_controller_s_inputs():
@@ -75,3 +76,10 @@ def test_carracing_paper_cpu_is_the_paper_preset_with_only_the_budget_changed():
     assert all(check[key] == small[key] for key in changed - {"preset", "controller.modes"})
     assert check["controller.modes"] == ("z_h",) and check["collect.policy"] == "random_controller"
     assert (check["vae.z_size"], check["mdn.hidden_size"], check["controller.es.sigma_init"]) == (32, 256, 0.1)
+
+
+def test_mdn_steps_that_are_not_whole_chunks_are_a_clear_error():
+    """The trainer runs whole chunks, so 400 steps in chunks of 300 would have trained 600."""
+    with pytest.raises(ConfigError, match=r"steps \(400\) must be a multiple of train_mdn.chunk_steps \(300\)"):
+        MDNTrainConfig(steps=400, chunk_steps=300)
+    assert MDNTrainConfig(steps=600, chunk_steps=300).steps == 600

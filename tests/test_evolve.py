@@ -251,7 +251,8 @@ def test_sharded_over_four_devices_equals_one_device():
                   "mesh": sharding}
     print("RESULT" + json.dumps(out))
     """
-    proc = _subprocess(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
+    proc = _subprocess(code, {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
+                              "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     one, four = out["1"], out["4"]

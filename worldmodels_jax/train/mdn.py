@@ -43,6 +43,10 @@ class MDNTrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 1 or self.chunk_steps < 1:
             raise ConfigError("train_mdn.steps, batch_size, seq_len and chunk_steps must all be >= 1")
+        if self.steps % self.chunk_steps:
+            # the trainer runs whole chunks: 400 steps in chunks of 300 would silently train 600
+            raise ConfigError(f"train_mdn.steps ({self.steps}) must be a multiple of train_mdn.chunk_steps "
+                              f"({self.chunk_steps}); set chunk_steps to a divisor of steps")
         if self.learning_rate <= 0 or not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train_mdn needs learning_rate > 0 and 0 < lr_decay <= 1, got "
                               f"{self.learning_rate}, {self.lr_decay}")
