@@ -37,12 +37,13 @@ def _fresh_jax_caches_per_module():
     jax.clear_caches()
 
 
-# The slowest test files first (summed test seconds of a clean-clone run on the 2-core CPU, 2026-11-30). `make test` hands whole files to its
-# two workers in collection order (--dist loadfile --no-loadscope-reorder); a long file started last would leave
-# one worker idle at the end. Files not named here follow in their usual order.
-SLOWEST_FILES = ("test_evolve.py", "test_takecover_dream.py", "test_pipeline.py", "test_models.py", "test_layers.py",
-                 "test_carracing.py", "test_attention.py", "test_takecover.py", "test_benchmarks.py", "test_dream.py",
-                 "test_transformer_m.py", "test_evolve_multihost.py", "test_carracing_experiment.py")
+# The slowest test files first (summed test seconds of a clean-clone run on the 2-core CPU, 2026-11-30,
+# with the flags above).
+# `make test` hands whole files to its two workers in collection order (--dist loadfile --no-loadscope-reorder); a
+# long file started last would leave one worker idle at the end. Files not named here follow in their usual order.
+SLOWEST_FILES = ("test_evolve.py", "test_takecover_dream.py", "test_pipeline.py", "test_models.py", "test_attention.py",
+                 "test_layers.py", "test_transformer_m.py", "test_benchmarks.py", "test_carracing.py", "test_takecover.py",
+                 "test_carracing_experiment.py", "test_dream.py", "test_evolve_multihost.py")
 
 
 def pytest_collection_modifyitems(config, items):
