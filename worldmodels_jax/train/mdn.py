@@ -38,7 +38,7 @@ class MDNTrainConfig:
     """Weight of positive examples in the done loss (Doom: 10)."""
     reward_weight: float = 1.0
     chunk_steps: int = 100
-    """Steps per compiled call: metrics and checkpoints happen between chunks."""
+    """Steps per compiled call: metrics and checkpoints happen between chunks. Must divide `steps`."""
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 1 or self.chunk_steps < 1:
