@@ -341,7 +341,7 @@ class Pipeline:
         start = int(state.step)
         if start == 0:
             self.run.reset_metrics("train-mdn")
-        chunks = -(-cfg.steps // cfg.chunk_steps)
+        chunks = cfg.steps // cfg.chunk_steps  # whole chunks (MDNTrainConfig checks)
         with self._bar(chunks, "train-mdn", start // cfg.chunk_steps) as bar:
             for chunk in range(start // cfg.chunk_steps, chunks):
                 state, metrics = train_chunk(state, train_data, jax.random.fold_in(key, chunk))
