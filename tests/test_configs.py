@@ -1,5 +1,6 @@
 """Config helpers with known answers."""
 
+import dataclasses
 import math
 
 import pytest
@@ -61,8 +62,6 @@ def _flat(tree, prefix=""):
 
 
 def test_carracing_paper_cpu_is_the_paper_preset_with_only_the_budget_changed():
-    import dataclasses
-
     paper, check, small = (_flat(dataclasses.asdict(get_preset(name, "CarRacing-v0")))
                            for name in ("paper", "paper-cpu", "cpu-small"))
     changed = {key for key in paper if paper[key] != check[key]}
