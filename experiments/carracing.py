@@ -20,21 +20,24 @@ import time
 from pathlib import Path
 
 from worldmodels_jax.carracing_experiment import carracing_table
-from worldmodels_jax.cli import build_config
+from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
 from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], restart_command: list[str] | None = None) -> int:
+    """`restart_command`: how to start this script over with more CPU devices (`--cpu-devices`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--preset", default="cpu-small")
     parser.add_argument("--quiet", action="store_true")
+    add_cpu_devices_option(parser)
     args, overrides = parser.parse_known_args(argv)
     out = args.out or Path("runs") / f"carracing-{args.preset}"
     start = time.perf_counter()
     try:
         config = build_config(args.preset, "CarRacing-v0", out, overrides)
+        use_cpu_devices(args.cpu_devices, config, restart_command)
         pipeline = Pipeline(config, out, progress=not args.quiet)
         pipeline.run_all()
         table = carracing_table(pipeline)
@@ -50,4 +53,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], sys.argv))

@@ -15,23 +15,27 @@ import sys
 import time
 from pathlib import Path
 
-from worldmodels_jax.cli import build_config
+from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
 from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline
 from worldmodels_jax.temperature import TEMPERATURES, temperature_table
 
 
 def main(argv=None) -> int:
+    """`argv` None: the command line, which `--cpu-devices` may start over."""
+    restart_command = sys.argv if argv is None else None
     parser = argparse.ArgumentParser(prog="experiments/takecover.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/takecover"))
     parser.add_argument("--preset", default=None, help="cpu-small (default for a new run) or paper")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--episodes", type=int, default=None, help="scoring episodes per row (default: evaluate.episodes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_cpu_devices_option(parser)
     args, overrides = parser.parse_known_args(argv)
     start = time.perf_counter()
     try:
         config = build_config(args.preset, "TakeCover-v0", args.out, overrides)
+        use_cpu_devices(args.cpu_devices, config, restart_command)
         pipeline = Pipeline(config, args.out, progress=not args.quiet)
         table = temperature_table(pipeline, args.temperatures, args.episodes)
     except WMJError as err:

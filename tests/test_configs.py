@@ -82,3 +82,39 @@ def test_mdn_steps_that_are_not_whole_chunks_are_a_clear_error():
     with pytest.raises(ConfigError, match=r"steps \(400\) must be a multiple of train_mdn.chunk_steps \(300\)"):
         MDNTrainConfig(steps=400, chunk_steps=300)
     assert MDNTrainConfig(steps=600, chunk_steps=300).steps == 600
+
+
+@pytest.mark.parametrize("preset", ["carracing-paper", "carracing-cpu-small", "cpu-small"])
+def test_encoder_flops_match_xla_s_count(preset):
+    """VAEConfig.encoder_flops counts multiply-adds; XLA's cost analysis also counts biases and ReLUs (< 2 %)."""
+    import jax
+    import jax.numpy as jnp
+
+    from worldmodels_jax.models.vae import ConvVAE, init_vae
+
+    config = dataclasses.replace(get_preset(preset).vae, conv_impl="xla")
+    params = init_vae(jax.random.PRNGKey(0), config)
+    encode = jax.jit(lambda p, x: ConvVAE(config).apply({"params": p}, x, method=ConvVAE.encode))
+    cost = encode.lower(params, jnp.zeros((1, 64, 64, 3), jnp.float32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert config.encoder_flops <= cost["flops"] <= 1.02 * config.encoder_flops
+
+
+def test_cpu_devices_for_splits_episodes_only_for_a_large_v_in_the_loop():
+    from worldmodels_jax.pipeline import cpu_devices_for
+
+    assert cpu_devices_for(get_preset("carracing-paper"), cores=2) == 2  # V: 29.6 MFLOP per frame
+    assert cpu_devices_for(get_preset("carracing-paper-cpu"), cores=8) == 8
+    assert cpu_devices_for(get_preset("cpu-small"), cores=2) == 2  # 8.1 MFLOP
+    assert cpu_devices_for(get_preset("carracing-cpu-small"), cores=2) == 1  # 2.4 MFLOP: one device is busy enough
+    assert cpu_devices_for(get_preset("takecover-cpu-small"), cores=2) == 1  # C trains in the dream
+    assert cpu_devices_for(get_preset("takecover-paper"), cores=2) == 1
+
+
+def test_bad_cpu_devices_is_a_clear_error(tmp_path, capsys):
+    from worldmodels_jax.cli import main
+
+    for bad in ("two", "0"):
+        assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "run"), "--cpu-devices", bad]) == 2
+        assert f"--cpu-devices must be 'auto' or an int >= 1, got '{bad}'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

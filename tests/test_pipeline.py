@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import os
 import json
 import sys
 from pathlib import Path
@@ -212,3 +213,60 @@ def test_stage_keys_are_the_same_in_every_process():
     assert int(other[0]) != hash("z_h")
     assert other[1:] == [str(stable_tag("z_h")), str(stable_tag("dream-tau1.15"))]
     assert stable_tag("z_h") != stable_tag("z")
+
+
+def test_episodes_split_over_two_cpu_devices_match_one_device(tiny_run, tmp_path):
+    """With two simulated CPU devices, rollouts (also a batch that does not divide) and the controller stage's
+    episodes are split over both, and give what one device gives: the same keys reach the same episodes."""
+    import shutil
+    import subprocess
+    import textwrap
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("train-controller.json", "train-controller-z_h.json", "train-controller-z.json", "evaluate.json"):
+        (run / "stages" / name).unlink()
+    for name in ("train-controller-z_h", "controller-z_h"):
+        shutil.rmtree(run / "checkpoints" / name)
+    code = textwrap.dedent(f"""
+        import json, gymnax, jax, jax.numpy as jnp
+        from worldmodels_jax.configs import get_preset
+        from worldmodels_jax.evolve import make_mesh
+        from worldmodels_jax.pipeline import Pipeline
+        from worldmodels_jax.rollouts import WorldModelParams, run_episodes
+        assert jax.device_count() == 2, jax.devices()
+
+        class LinearAgent:
+            def init_carry(self, wm_params):
+                return jnp.zeros(())
+
+            def act(self, wm_params, c_params, carry, obs, first, key):
+                return (jnp.dot(c_params, obs) > 0).astype(jnp.int32), carry
+
+        env, params = gymnax.make("CartPole-v1")
+        weights = jax.random.normal(jax.random.PRNGKey(1), (5, 4))  # 5 episodes: padded to 6 on two devices
+        keys = jax.random.split(jax.random.PRNGKey(2), 5)
+        run = lambda mesh: jax.jit(lambda w, k: run_episodes(env, params, LinearAgent(), WorldModelParams(), w, k,
+                                                              300, 16, mesh))(weights, keys)
+        one, two = run(None), run(make_mesh(2))
+        rollouts = {{"one": one.lengths.tolist(), "two": two.lengths.tolist(),
+                     "equal": bool((one.returns == two.returns).all() & (one.terminated == two.terminated).all())}}
+
+        pipeline = Pipeline(get_preset("tiny"), {str(run)!r}, progress=False)
+        record = pipeline._train_controller("z_h")
+        single = Pipeline(get_preset("tiny"), {str(run)!r}, progress=False, devices=1)
+        print(json.dumps({{"rollouts": rollouts, "record": record, "mesh": pipeline.mesh.size,
+                           "two": pipeline.evaluate_controller("z_h"), "one": single.evaluate_controller("z_h")}}))
+    """)
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rollouts = result["rollouts"]
+    assert rollouts["equal"] and rollouts["one"] == rollouts["two"] and len(set(rollouts["one"])) > 1, rollouts
+    assert result["mesh"] == 2 and result["record"]["devices"] == 2
+    assert result["two"] == result["one"]  # the evaluate stage's episodes, split or not
+    first_generation = lambda path: json.loads(path.read_text().splitlines()[0])  # noqa: E731
+    # generation 1: the same population (same ES key) on the same episodes as the one-device run
+    assert first_generation(run / "metrics/train-controller-z_h.jsonl") == \
+        first_generation(tiny_run / "metrics/train-controller-z_h.jsonl")

@@ -35,8 +35,47 @@ def _parse_common(argv: list[str], command: str):
     parser.add_argument("--env", default=None)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_cpu_devices_option(parser)
     parser.add_argument("-h", "--help", action="store_true")
     return parser.parse_known_args(argv)
+
+
+def add_cpu_devices_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu-devices", default="auto",
+                        help="on a CPU host, simulate this many CPU devices and split episodes with V in the loop "
+                             "over them; auto: one per core for a V that costs at least 5 MFLOP per frame, else 1 "
+                             "(pipeline.cpu_devices_for); ignored on GPU/TPU, where every device is used")
+
+
+def use_cpu_devices(choice: str, config, restart_command: list[str] | None) -> None:
+    """`--cpu-devices`: on a CPU host, start `python *restart_command` over with the CPU device count that
+    `choice` asks for, unless this process has it already. Nothing happens on GPU/TPU, in a process that was
+    already restarted, or without a `restart_command` (a call from Python keeps the devices it has)."""
+    import os
+
+    from worldmodels_jax.errors import ConfigError
+
+    if choice != "auto" and (not choice.isdigit() or int(choice) < 1):
+        raise ConfigError(f"--cpu-devices must be 'auto' or an int >= 1, got {choice!r}")
+    if restart_command is None or os.environ.get("WMJ_CPU_DEVICES_BOOTSTRAPPED"):
+        return
+    import jax
+
+    from worldmodels_jax.evolve import restart_with_cpu_devices
+    from worldmodels_jax.pipeline import cpu_devices_for
+
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return
+    have = jax.local_device_count()
+    if choice == "auto":
+        wanted = cpu_devices_for(config)
+        if wanted <= have:  # never fewer than the user already simulates (XLA_FLAGS, JAX_NUM_CPU_DEVICES)
+            return
+    else:
+        wanted = int(choice)
+        if wanted == have:
+            return
+    restart_with_cpu_devices(wanted, restart_command)
 
 
 def build_config(preset: str | None, env: str | None, out: Path | None, overrides: list[str], show_help: bool = False):
@@ -95,10 +134,11 @@ def cmd_info(args, rest) -> int:
     return 0
 
 
-def cmd_stage(command: str, args, rest) -> int:
+def cmd_stage(command: str, args, rest, restart_command: list[str] | None = None) -> int:
     from worldmodels_jax.pipeline import Pipeline
 
     config = build_config(args.preset, args.env, args.out, rest, args.help)
+    use_cpu_devices(args.cpu_devices, config, restart_command)
     pipeline = Pipeline(config, args.out, progress=not args.quiet)
     if command == "run":
         record = pipeline.run_all()
@@ -163,7 +203,7 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
     return 0
 
 
-def cmd_evaluate_held(args, rest) -> int:
+def cmd_evaluate_held(args, rest, restart_command: list[str] | None = None) -> int:
     """`wmj evaluate --out DIR --hold-at-mean h [--hold-at-mean z] [--mode z_h]`: a feature ablation."""
     from worldmodels_jax.pipeline import Pipeline, load_config
     from worldmodels_jax.rundir import write_json_atomic
@@ -175,7 +215,9 @@ def cmd_evaluate_held(args, rest) -> int:
                         help="controller mode(s); default: every trained mode whose input has the features")
     extra = parser.parse_args(rest)
     holds = [tuple(part for part in value.split(",") if part) for value in extra.hold_at_mean]
-    pipeline = Pipeline(load_config(args.out), args.out, progress=False)
+    config = load_config(args.out)
+    use_cpu_devices(args.cpu_devices, config, restart_command)
+    pipeline = Pipeline(config, args.out, progress=False)
     # "as trained" is evaluated again, by the same code as the held rows, so every row compares like with like
     modes = extra.mode or [m for m in pipeline.config.controller.modes
                            if pipeline.agent(m).uses_memory or not any("h" in hold for hold in holds)]
@@ -197,6 +239,8 @@ def cmd_evaluate_held(args, rest) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`argv` None: the command line, which `--cpu-devices` may start over (`use_cpu_devices`)."""
+    restart_command = ["-m", "worldmodels_jax.cli", *sys.argv[1:]] if argv is None else None
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
@@ -227,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "evaluate" and any(a.split("=")[0] == "--gymnasium" for a in rest):
             return cmd_evaluate_gymnasium(args, rest)
         if command == "evaluate" and any(a.split("=")[0] == "--hold-at-mean" for a in rest):
-            return cmd_evaluate_held(args, rest)
-        return cmd_stage(command, args, rest)
+            return cmd_evaluate_held(args, rest, restart_command)
+        return cmd_stage(command, args, rest, restart_command)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -135,6 +135,18 @@ def cpu_devices_environ(devices: int, environ: dict | None = None) -> dict[str, 
     return {**environ, "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": " ".join(flags)}
 
 
+def restart_with_cpu_devices(devices: int, command: list[str]):
+    """Replaces this process with `python *command` run with `devices` simulated CPU devices (the count is fixed
+    when JAX starts). The new process sees WMJ_CPU_DEVICES_BOOTSTRAPPED=1 and must not restart again."""
+    import os
+    import sys
+
+    env = {**cpu_devices_environ(devices), "WMJ_CPU_DEVICES_BOOTSTRAPPED": "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *command], env)
+
+
 def make_mesh(devices: int | None = None) -> Mesh:
     """A 1-D mesh named "pop" over all devices (of every process), or the first `devices` of them."""
     available = jax.devices()

@@ -120,14 +120,9 @@ def _cpu_devices_wanted(args) -> int | None:
 def _exec_with_cpu_devices(devices: int, argv: list[str]) -> None:
     """Starts this command over with `devices` simulated CPU devices (fixed when JAX starts, and importing gymnax
     starts it)."""
-    import os
+    from worldmodels_jax.evolve import restart_with_cpu_devices
 
-    from worldmodels_jax.evolve import cpu_devices_environ
-
-    env = {**cpu_devices_environ(devices), "WMJ_CPU_DEVICES_BOOTSTRAPPED": "1"}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "worldmodels_jax.evolve_cli", *argv], env)
+    restart_with_cpu_devices(devices, ["-m", "worldmodels_jax.evolve_cli", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,10 @@
 Every stage is jitted, shows a progress bar, writes into the run directory (config, metrics JSONL,
 orbax checkpoints), and resumes where it stopped: finished stages are skipped, unfinished ones
 continue from their last checkpoint (or last complete shard).
+
+Episodes with V, M and C in the loop (the controller stage, its evaluations and the evaluate stage) are split
+over every device (`Pipeline.mesh`): several GPUs, or on a CPU host the simulated CPU devices that
+`--cpu-devices` asks for. The device count changes no setting and no key, so a run can resume on another count.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from worldmodels_jax.configs import PipelineConfig, resolve
@@ -24,6 +29,7 @@ from worldmodels_jax.envs.actions import ActionEncoder, action_spec
 from worldmodels_jax.envs.dream import DreamEnv, DreamParams
 from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from worldmodels_jax.evolution import es_state_is_finite, make_evolution
+from worldmodels_jax.evolve import make_mesh
 from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
 from worldmodels_jax.models.memory import init_memory, make_memory
 from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count, param_shapes
@@ -39,6 +45,27 @@ STAGES = ("collect", "train-vae", "encode", "train-mdn", "train-controller", "ev
 def stable_tag(name: str) -> int:
     """A per-name integer that is the same in every process (Python's `hash` of a str is salted per run)."""
     return zlib.crc32(name.encode()) % 100_003
+
+
+CPU_DEVICES_MIN_ENCODER_FLOPS = 5_000_000
+"""`cpu_devices_for` simulates one CPU device per core when encoding a frame costs at least this
+(`VAEConfig.encoder_flops`). Measured on the 2-core Zen 3 VM, one step of 128 CarRacing episodes with V and M in
+the loop (`population_returns`), two devices against one, interleaved in one process: encoder 2.4 MFLOP
+(`carracing-cpu-small`) 0.97x as fast, 7.4 MFLOP 1.3x, 29.6 MFLOP (the paper's V) 2.15x; 64 CartPolePixels
+episodes with `cpu-small`'s V (8.1 MFLOP) 1.4x. A small V already keeps both cores busy on one device (1.9 CPU-s
+per s); a large one does not (1.2), and its batch of 128 frames is slower per frame than 64. V and M training,
+which run on one device, were unchanged within noise (docs/carracing.md, "Sharding the controller stage")."""
+
+
+def cpu_devices_for(config: PipelineConfig, cores: int | None = None) -> int:
+    """How many CPU devices a run of `config` should simulate on a CPU host: one per core when V's encoder costs
+    at least CPU_DEVICES_MIN_ENCODER_FLOPS per frame and C trains with V in the loop, else 1 (a controller trained
+    in M's dream steps M alone, too little work per episode to split on a CPU)."""
+    import os
+
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    large_v = config.vae.encoder_flops >= CPU_DEVICES_MIN_ENCODER_FLOPS
+    return cores if large_v and config.controller.where != "dream" else 1
 
 
 def _config_from_json(payload: dict) -> PipelineConfig:
@@ -85,7 +112,8 @@ def load_config(out: str | Path) -> PipelineConfig:
 class Pipeline:
     """One run directory and the stages that fill it."""
 
-    def __init__(self, config: PipelineConfig, out: str | Path, progress: bool = True):
+    def __init__(self, config: PipelineConfig, out: str | Path, progress: bool = True, devices: int | None = None):
+        """`devices`: how many of `jax.devices()` run episodes (default: all; see the module docstring)."""
         self.env, self.env_params = make_env(config.env_id)
         check_image_env(self.env, self.env_params)
         self.config = resolve(config, self.env, self.env_params)
@@ -105,6 +133,7 @@ class Pipeline:
         self.vae = ConvVAE(self.config.vae)
         self.memory = make_memory(self.config.memory, self.config.mdn, self.config.transformer)
         self.root_key = jax.random.PRNGKey(self.config.seed)
+        self.mesh = make_mesh(devices)
 
     # ------------------------------------------------------------------ helpers
     def key(self, stage: str) -> jax.Array:
@@ -143,11 +172,16 @@ class Pipeline:
         return self.load_params("mdn", self.memory_params_template())
 
     def world_model_params(self, needs_memory: bool) -> WorldModelParams:
-        """V (and M) parameters for an agent, with feature statistics if the config asks for them."""
+        """V (and M) parameters for an agent, with feature statistics if the config asks for them; on every
+        device of `mesh`."""
         vae = self.vae_params()
         memory = self.memory_params() if needs_memory or self.config.controller.normalize_features else None
         stats = self.feature_stats(memory) if self.config.controller.normalize_features else None
-        return WorldModelParams(vae=vae, memory=memory if needs_memory else None, feature_stats=stats)
+        return self.replicated(WorldModelParams(vae=vae, memory=memory if needs_memory else None, feature_stats=stats))
+
+    def replicated(self, tree):
+        """`tree` copied to every device of `mesh` (unchanged on one device)."""
+        return tree if self.mesh.size == 1 else jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
     def feature_stats(self, memory_params) -> dict:
         """Mean and std of μ over the encoded data, and of M's features h when run over it."""
@@ -383,6 +417,7 @@ class Pipeline:
         wm = self.world_model_params(needs_memory)
         if ccfg.where == "dream":
             env, env_params = self.dream_env()
+            env_params = self.replicated(env_params)
             agent = self.agent(mode, obs_kind="features")
         else:
             env, env_params = self.env, self.env_params
@@ -391,7 +426,7 @@ class Pipeline:
 
         def fitness(population, key):
             return population_returns(env, env_params, agent, wm, population, key, es.rollouts, max_steps,
-                                      ccfg.chunk_steps, es.common_random_numbers)
+                                      ccfg.chunk_steps, es.common_random_numbers, self.mesh)
 
         # The kept controller is chosen where it trains: a dream-trained C never sees a real score during
         # selection. Its real score (V and M in the loop) is logged beside it, for monitoring only.
@@ -401,12 +436,12 @@ class Pipeline:
         @jax.jit
         def evaluate_mean(params, key):
             return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, eval_steps,
-                                   ccfg.chunk_steps).returns
+                                   ccfg.chunk_steps, self.mesh).returns
 
         @jax.jit
         def evaluate_mean_real(params, key):
             return evaluate_params(self.env, self.env_params, real_agent, wm, params, key, es.eval_episodes,
-                                   eval_steps, ccfg.chunk_steps).returns
+                                   eval_steps, ccfg.chunk_steps, self.mesh).returns
 
         template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
         sigma_init = ccfg.sigma_init_for(agent.controller.config.input_size)
@@ -426,6 +461,7 @@ class Pipeline:
             self.run.log_metrics(stage, kept) if kept else None
         else:
             self.run.reset_metrics(stage)
+        state = self.replicated(state)
         stopped_early = False
         with self._bar(es.generations, f"C[{mode}]", int(state.generation)) as bar:
             while int(state.generation) < es.generations:
@@ -458,7 +494,7 @@ class Pipeline:
                     break
         self.run.checkpointer(f"controller-{mode}").save(0, best["params"])
         return {"best_eval": float(best["score"]), "generations": int(state.generation),
-                "stopped_early": stopped_early, "param_count": param_count(template)}
+                "stopped_early": stopped_early, "param_count": param_count(template), "devices": self.mesh.size}
 
     # ------------------------------------------------------------------ evaluation and report
     def controller_params(self, mode: str):
@@ -491,7 +527,8 @@ class Pipeline:
             wm = wm.replace(held={name: means[f"{name}_mean"] for name in hold})
         episodes = jax.jit(lambda p, k: evaluate_params(
             self.env, self.env_params, agent, wm, p, k, cfg.episodes, max_steps,
-            self.config.controller.chunk_steps))(self.controller_params(mode), self.key("evaluate"))
+            self.config.controller.chunk_steps, self.mesh))(self.replicated(self.controller_params(mode)),
+                                                            self.key("evaluate"))
         return _summary(episodes.returns)
 
     def _evaluate(self):
@@ -504,10 +541,11 @@ class Pipeline:
             for mode in modes:
                 results[mode] = self.evaluate_controller(mode)
                 bar.update(1)
-            stats = jax.jit(lambda k: random_policy_returns(self.env, self.env_params, k, cfg.episodes, max_steps))(key)
+            stats = jax.jit(lambda k: random_policy_returns(self.env, self.env_params, k, cfg.episodes, max_steps,
+                                                            mesh=self.mesh))(key)
             results["random"] = _summary(stats.returns)
             bar.update(1)
-        return {"results": results}
+        return {"results": results, "devices": self.mesh.size}
 
     def report(self):
         from worldmodels_jax.report import write_report

@@ -4,6 +4,12 @@ An `Agent` is static (models, action mapping, mode); its parameters are pytrees 
 whole population of controllers is a leading axis that `vmap` maps over. Episodes run in chunks
 of steps inside a `lax.while_loop` that exits as soon as every episode in the batch has ended,
 so a generation of short, failing episodes costs little.
+
+Given a 1-D `jax.sharding.Mesh`, the batch of episodes is split over its devices (`shard_map`): each device
+runs its share with a `while_loop` of its own. The same keys reach the same episodes, so results do not depend
+on the device count (up to float rounding). On a CPU host, simulated CPU devices (`JAX_NUM_CPU_DEVICES`) put
+every core to work: at the paper's model sizes one device keeps only ~1.2 of 2 cores busy (docs/carracing.md,
+"Sharding the controller stage").
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from worldmodels_jax.envs.actions import ActionEncoder
 from worldmodels_jax.errors import ConfigError
@@ -118,12 +126,15 @@ class EpisodeStats:
 
 
 def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_params, keys: jax.Array,
-                 max_steps: int, chunk: int = 50) -> EpisodeStats:
+                 max_steps: int, chunk: int = 50, mesh: Mesh | None = None) -> EpisodeStats:
     """Runs one episode per key, with `c_params` batched along axis 0 like `keys` ([B] each).
 
     Steps run in chunks of `chunk` inside a `while_loop` that stops once every episode has ended
-    (or after `max_steps`). Rewards after an episode's end are not counted.
+    (or after `max_steps`). Rewards after an episode's end are not counted. With a 1-D `mesh` of more than one
+    device, the batch is split over the devices (see the module docstring).
     """
+    if mesh is not None and mesh.size > 1:
+        return _run_sharded(env, env_params, agent, wm_params, c_params, keys, max_steps, chunk, mesh)
     batch = keys.shape[0]
     reset_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -174,9 +185,30 @@ def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_p
     return EpisodeStats(returns=final[5], lengths=final[6], terminated=final[7])
 
 
+def _run_sharded(env, env_params, agent: Agent, wm_params: WorldModelParams, c_params, keys: jax.Array,
+                 max_steps: int, chunk: int, mesh: Mesh) -> EpisodeStats:
+    """`run_episodes` with the batch split over `mesh`'s one axis; padded to a multiple of its size with copies
+    of episode 0, whose results are dropped."""
+    if len(mesh.axis_names) != 1:
+        raise ConfigError(f"rollouts shard over a 1-D mesh, got axes {mesh.axis_names}")
+    batch, devices = keys.shape[0], mesh.size
+    padded = -(-batch // devices) * devices
+
+    def pad(x):
+        return x if padded == batch else jnp.concatenate([x, jnp.repeat(x[:1], padded - batch, axis=0)])
+
+    def local(c_params_local, keys_local):
+        return run_episodes(env, env_params, agent, wm_params, c_params_local, keys_local, max_steps, chunk)
+
+    axis = P(mesh.axis_names[0])
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(axis, axis), out_specs=axis, check_vma=False)
+    stats = sharded(jax.tree.map(pad, c_params), pad(keys))
+    return jax.tree.map(lambda x: x[:batch], stats)
+
+
 def population_returns(env, env_params, agent: Agent, wm_params: WorldModelParams, population,
                        key: jax.Array, rollouts: int, max_steps: int, chunk: int = 50,
-                       common_random_numbers: bool = True) -> jax.Array:
+                       common_random_numbers: bool = True, mesh: Mesh | None = None) -> jax.Array:
     """Mean return over `rollouts` episodes for each member of `population` (pytree with leading axis P).
 
     With common random numbers every member meets the same `rollouts` episode seeds, which makes
@@ -188,19 +220,20 @@ def population_returns(env, env_params, agent: Agent, wm_params: WorldModelParam
     else:
         keys = jax.random.split(key, pop_size * rollouts)
     flat_params = jax.tree.map(lambda x: jnp.repeat(x, rollouts, axis=0), population)
-    stats = run_episodes(env, env_params, agent, wm_params, flat_params, keys, max_steps, chunk)
+    stats = run_episodes(env, env_params, agent, wm_params, flat_params, keys, max_steps, chunk, mesh)
     return stats.returns.reshape((pop_size, rollouts)).mean(axis=1)
 
 
 def evaluate_params(env, env_params, agent: Agent, wm_params: WorldModelParams, c_params, key: jax.Array,
-                    episodes: int, max_steps: int, chunk: int = 50) -> EpisodeStats:
+                    episodes: int, max_steps: int, chunk: int = 50, mesh: Mesh | None = None) -> EpisodeStats:
     """`episodes` episodes of one controller (unbatched params)."""
     keys = jax.random.split(key, episodes)
     batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (episodes, *x.shape)), c_params)
-    return run_episodes(env, env_params, agent, wm_params, batched, keys, max_steps, chunk)
+    return run_episodes(env, env_params, agent, wm_params, batched, keys, max_steps, chunk, mesh)
 
 
-def random_policy_returns(env, env_params, key: jax.Array, episodes: int, max_steps: int, chunk: int = 50) -> EpisodeStats:
+def random_policy_returns(env, env_params, key: jax.Array, episodes: int, max_steps: int, chunk: int = 50,
+                          mesh: Mesh | None = None) -> EpisodeStats:
     """Episodes of a uniformly random policy (the baseline every report shows)."""
     from worldmodels_jax.envs.actions import action_spec, sample_action
 
@@ -216,4 +249,4 @@ def random_policy_returns(env, env_params, key: jax.Array, episodes: int, max_st
 
     dummy = jnp.zeros((episodes,))
     return run_episodes(env, env_params, _Random(), WorldModelParams(), dummy, jax.random.split(key, episodes),
-                        max_steps, chunk)
+                        max_steps, chunk, mesh)
