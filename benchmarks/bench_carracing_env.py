@@ -14,6 +14,10 @@ It also times one controller generation of `carracing-cpu-small` (V + C on pixel
 rollouts, 100 steps; V and C at their initialisation) with V's forward-only convolutions as 'forward' (the
 default since 2026-11-30: the RGB layer laid out space-to-depth, the 6x6-or-smaller layers as one matmul) against
 'xla' (before), interleaved rounds in one process, and prints the ratio.
+
+On a host with several cores it also times a z + h generation (V + M + C, 32 x 4 x 100 steps) with the episodes on
+one simulated CPU device against split over one per core, for V's of 2.4, 8.1 and 29.6 MFLOP per frame: the
+measurement behind `pipeline.cpu_devices_for` (which `--cpu-devices auto` uses).
 """
 
 from __future__ import annotations
@@ -128,6 +132,56 @@ def controller_generation_steps_per_s(impls=("forward", "xla"), steps: int = 100
     return {impl: 32 * 4 * steps / float(np.median(t)) for impl, t in times.items()}
 
 
+_DEVICES_CHILD = """
+import json, statistics, tempfile, time, dataclasses
+import jax, jax.numpy as jnp
+from worldmodels_jax.configs import PRESETS, small_vae
+from worldmodels_jax.evolve import make_mesh
+from worldmodels_jax.models.controller import init_controller
+from worldmodels_jax.models.memory import init_memory
+from worldmodels_jax.models.vae import init_vae
+from worldmodels_jax.pipeline import Pipeline
+from worldmodels_jax.rollouts import WorldModelParams, population_returns
+
+steps, rounds, devices = {steps}, {rounds}, jax.device_count()
+small = PRESETS["carracing-cpu-small"]
+configs = {{"carracing-cpu-small": small,
+            "half-width V": dataclasses.replace(small, vae=small_vae(16, (16, 32, 64, 128))),
+            "carracing-paper": PRESETS["carracing-paper"]}}
+result = {{}}
+for name, config in configs.items():
+    pipeline = Pipeline(config, tempfile.mkdtemp(), progress=False)
+    agent = pipeline.agent("z_h")
+    key = jax.random.PRNGKey(0)
+    wm = WorldModelParams(vae=init_vae(key, config.vae), memory=init_memory(key, pipeline.memory))
+    template = init_controller(key, agent.controller.config)
+    population = jax.tree.map(lambda x: 0.1 * jax.random.normal(key, (32, *x.shape)), template)
+    calls = {{n: jax.jit(lambda p, k, mesh=make_mesh(n): population_returns(
+        pipeline.env, pipeline.env_params, agent, wm, p, k, 4, steps, 50, True, mesh)) for n in (1, devices)}}
+    for call in calls.values():
+        jax.block_until_ready(call(population, key))
+    times = {{n: [] for n in calls}}
+    for k in jax.random.split(key, rounds):
+        for n, call in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call(population, k))
+            times[n].append(time.perf_counter() - t0)
+    one, many = (32 * 4 * steps / statistics.median(times[n]) for n in (1, devices))
+    result[name] = {{"encoder_mflop": config.vae.encoder_flops / 1e6, "one_device_steps_per_s": one,
+                     "devices_steps_per_s": many, "devices": devices, "ratio": many / one}}
+print("RESULT" + json.dumps(result))
+"""
+
+
+def controller_generation_devices(steps: int = 100, rounds: int = 4, devices: int | None = None) -> dict:
+    """Env-steps/s of one z + h generation (population 32 x 4 rollouts, `steps` steps, V and M in the loop) with
+    the episodes on one CPU device against split over `devices` simulated ones (default: one per core), for three
+    V sizes; interleaved rounds in one process, the median of `rounds`. What `pipeline.cpu_devices_for` rests on."""
+    from worldmodels_jax.bench import run_on_cpu_devices
+
+    return run_on_cpu_devices(_DEVICES_CHILD.format(steps=steps, rounds=rounds), devices or os.cpu_count() or 1)
+
+
 def run(quick: bool = False, sizes: tuple[int, ...] = SIZES) -> dict:
     """Measure both and return the figures (steps/s, ratios, machine facts)."""
     gym_steps = 100 if quick else 500
@@ -139,6 +193,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] = SIZES) -> dict:
         ours[n], compile_s[n] = ours_steps_per_s(n, ours_steps.get(n, 20))
     g_after = gymnasium_steps_per_s(gym_steps, seed=1)
     generation = controller_generation_steps_per_s(rounds=3 if quick else 6)
+    devices = controller_generation_devices(rounds=3 if quick else 5) if (os.cpu_count() or 1) > 1 else None
     anchors = [g for g in (g_before, g_after) if g is not None]
     gym_sps = float(np.mean(anchors)) if anchors else None
     return {
@@ -149,6 +204,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] = SIZES) -> dict:
         "compile_s": compile_s,
         "controller_generation_steps_per_s": generation,
         "controller_generation_ratio_forward_vs_xla": generation["forward"] / generation["xla"],
+        "controller_generation_devices": devices,
         "steps_timed": {"gymnasium": gym_steps, "ours": {n: ours_steps.get(n, 20) for n in sizes}},
         "jax_backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
@@ -178,6 +234,10 @@ def main(argv=None) -> dict:
     gen = res["controller_generation_steps_per_s"]
     print(f"C generation (V + C, 32 x 4 x 100 steps): V convs 'forward' {gen['forward']:.0f} steps/s, 'xla' "
           f"{gen['xla']:.0f} steps/s: {res['controller_generation_ratio_forward_vs_xla']:.2f}x")
+    for name, row in (res["controller_generation_devices"] or {}).items():
+        print(f"C generation (V + M + C, z + h, 32 x 4 x 100 steps), V of {name} ({row['encoder_mflop']:.1f} MFLOP "
+              f"per frame): {row['devices']} CPU devices {row['devices_steps_per_s']:.0f} steps/s, 1 device "
+              f"{row['one_device_steps_per_s']:.0f}: {row['ratio']:.2f}x")
     return res
 
 

@@ -325,6 +325,11 @@ def _rows(name: str, r: dict) -> tuple[list[str], list[list[str]]]:
                          _fmt(generation["forward"], "steps/s"),
                          f"the same with V's convs 'xla' {_fmt(generation['xla'], 'steps/s')}",
                          _ratio(r["controller_generation_ratio_forward_vs_xla"])])
+        for v, row in (r.get("controller_generation_devices") or {}).items():  # from 2026-12-01
+            rows.append([f"CarRacing z + h generation (V + M + C, 32 × 4 × 100 steps), V of `{v}` "
+                         f"({row['encoder_mflop']:.1f} MFLOP/frame), episodes split over {row['devices']} CPU devices",
+                         _fmt(row["devices_steps_per_s"], "steps/s"),
+                         f"on 1 CPU device {_fmt(row['one_device_steps_per_s'], 'steps/s')}", _ratio(row["ratio"])])
         return ["Figure", "Value", "Anchor", "Ratio"], rows
     if name == "dream":
         numpy_sps = r["numpy_steps_per_s"]

@@ -54,7 +54,7 @@ def _summary(returns) -> dict:
 
 def _dream(pipeline, temperature: float):
     env, params = pipeline.dream_env()
-    return env, params.replace(temperature=float(temperature))
+    return env, pipeline.replicated(params.replace(temperature=float(temperature)))
 
 
 def train_in_dream(pipeline, temperature: float, mode: str | None = None, es: ESConfig | None = None) -> dict:
@@ -81,12 +81,12 @@ def train_in_dream(pipeline, temperature: float, mode: str | None = None, es: ES
 
     def fitness(population, key):
         return population_returns(env, env_params, agent, wm, population, key, es.rollouts, max_steps,
-                                  ccfg.chunk_steps, es.common_random_numbers)
+                                  ccfg.chunk_steps, es.common_random_numbers, pipeline.mesh)
 
     @jax.jit
     def evaluate_mean(params, key):
         return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, eval_steps,
-                               ccfg.chunk_steps).returns
+                               ccfg.chunk_steps, pipeline.mesh).returns
 
     template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
     init, run_chunk, mean_params = make_evolution(fitness, template, es)
@@ -105,6 +105,7 @@ def train_in_dream(pipeline, temperature: float, mode: str | None = None, es: ES
         pipeline.run.reset_metrics(stage)
         if kept:
             pipeline.run.log_metrics(stage, kept)
+    state = pipeline.replicated(state)
     with pipeline._bar(es.generations, f"C[τ={temperature:.2f}]", int(state.generation)) as bar:
         while int(state.generation) < es.generations:
             generations = min(es.eval_every, es.generations - int(state.generation))
@@ -150,9 +151,12 @@ def score_in_dream_and_real(pipeline, temperature: float, c_params, mode: str, e
     wm_real = pipeline.world_model_params(True)
     key_dream, key_real = jax.random.split(key)
     dream = jax.jit(lambda p, k: evaluate_params(env, env_params, dream_agent, wm_dream, p, k, episodes,
-                                                 int(env_params.max_steps_in_episode), ccfg.chunk_steps).returns)
+                                                 int(env_params.max_steps_in_episode), ccfg.chunk_steps,
+                                                 pipeline.mesh).returns)
     real = jax.jit(lambda p, k: evaluate_params(pipeline.env, pipeline.env_params, real_agent, wm_real, p, k,
-                                                episodes, pipeline._max_steps(0), ccfg.chunk_steps).returns)
+                                                episodes, pipeline._max_steps(0), ccfg.chunk_steps,
+                                                pipeline.mesh).returns)
+    c_params = pipeline.replicated(c_params)
     return {"dream": _summary(dream(c_params, key_dream)), "real": _summary(real(c_params, key_real))}
 
 
@@ -160,8 +164,10 @@ def score_random(pipeline, episodes: int, key: jax.Array, dream_temperature: flo
     """The random policy's row: uniform random actions in the real env (and, for reference, in the dream)."""
     env, env_params = _dream(pipeline, dream_temperature)
     key_dream, key_real = jax.random.split(key)
-    dream = random_policy_returns(env, env_params, key_dream, episodes, int(env_params.max_steps_in_episode))
-    real = random_policy_returns(pipeline.env, pipeline.env_params, key_real, episodes, pipeline._max_steps(0))
+    dream = random_policy_returns(env, env_params, key_dream, episodes, int(env_params.max_steps_in_episode),
+                                  mesh=pipeline.mesh)
+    real = random_policy_returns(pipeline.env, pipeline.env_params, key_real, episodes, pipeline._max_steps(0),
+                                 mesh=pipeline.mesh)
     return {"dream": _summary(dream.returns), "real": _summary(real.returns), "dream_temperature": dream_temperature}
 
 
