@@ -448,7 +448,13 @@ NOTES = {
                      "generation of `carracing-cpu-small` (V + C on pixels, 32 × 4 rollouts × 100 steps) with V's "
                      "forward-only convolutions 'forward' against 'xla', interleaved. Its first measurement, on a "
                      "Zen 3 VM (`controller_generation_steps_per_s(rounds=6)` alone, not yet in a full run of the "
-                     "suite): 10.4 k against 6.7 k steps/s, 1.55×.",
+                     "suite): 10.4 k against 6.7 k steps/s, 1.55×. The table is the full run of 2026-12-01 on the "
+                     "slower Zen 3 VM (AMD EPYC family 25 model 1), where both sides are slower than on the Zen 4 VM of "
+                     "2026-11-29 (77.5 k steps/s at 256 envs against gymnasium's 149: 521×). Its last three rows "
+                     "(from 2026-12-01) time a z + h generation with the episodes split over one simulated CPU device "
+                     "per core against one device, for three sizes of V: the measurement behind "
+                     "`pipeline.cpu_devices_for`, which `--cpu-devices auto` uses (one device per core from 5 MFLOP "
+                     "per frame).",
     "dqn": "Goals (issue 5): our wall-clock to a 20-episode greedy mean of 475, compile included, ≤ 1/5 of SB3 DQN's "
            "(RL Zoo CartPole-v1 hyperparameters, 1 torch thread), measured side by side in one process with the seeds "
            "interleaved; and 8 vmapped seeds ≤ 2× one seed. `default`: threefry keys, XLA's default optimisation; "
