@@ -8,7 +8,7 @@ each over 100 random tracks never seen in training, written to <out>/carracing_t
 
 `--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes); `--preset paper` is
 `carracing-paper` (GPU); `--preset paper-cpu` is `carracing-paper-cpu`, the paper's models and settings at
-cpu-small's budget (z + h only, 84 minutes on a 2-core Zen 3 VM). An interrupted run resumes where it stopped
+cpu-small's budget (z + h only, 43 minutes on a 2-core Zen 3 VM). An interrupted run resumes where it stopped
 when re-run with the same --out.
 Config overrides use the dataclass paths, as for `wmj run` (e.g. `--controller.es.generations 10`).
 """

@@ -302,7 +302,8 @@ def paper_settings_at_cpu_budget(paper: PipelineConfig, small: PipelineConfig, n
                                controller=controller)
 
 
-# docs/carracing.md, "carracing-paper-cpu": 84 minutes on a 2-core Zen 3 VM (seed 1).
+# docs/carracing.md, "carracing-paper-cpu": on a 2-core Zen 3 VM, 84 minutes on one CPU device (seed 1), 43 on two
+# (seed 0; `--cpu-devices auto` picks two).
 PRESETS["carracing-paper-cpu"] = paper_settings_at_cpu_budget(PRESETS["carracing-paper"], PRESETS["carracing-cpu-small"],
                                                               "carracing-paper-cpu")
 
