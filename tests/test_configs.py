@@ -109,6 +109,10 @@ def test_cpu_devices_for_splits_episodes_only_for_a_large_v_in_the_loop():
     assert cpu_devices_for(get_preset("carracing-cpu-small"), cores=2) == 1  # 2.4 MFLOP: one device is busy enough
     assert cpu_devices_for(get_preset("takecover-cpu-small"), cores=2) == 1  # C trains in the dream
     assert cpu_devices_for(get_preset("takecover-paper"), cores=2) == 1
+    # at least 16 of a generation's episodes per device: cpu-small runs 32 x 2, the paper-cpu preset 32 x 4
+    assert cpu_devices_for(get_preset("cpu-small"), cores=64) == 4
+    assert cpu_devices_for(get_preset("carracing-paper-cpu"), cores=64) == 8
+    assert cpu_devices_for(get_preset("carracing-paper"), cores=256) == 64
 
 
 def test_bad_cpu_devices_is_a_clear_error(tmp_path, capsys):

@@ -13,6 +13,10 @@
 
 Config overrides use the dataclass paths, e.g. `--train-vae.epochs 2 --controller.es.population 16`
 (see `wmj run --preset cpu-small --help`). A run directory that already exists is resumed.
+
+`--cpu-devices auto|N` (run, the stages, evaluate --hold-at-mean): on a CPU host, split the episodes that have V
+in the loop over N simulated CPU devices; auto is one per core for a V of at least 5 MFLOP per frame, else 1
+(`pipeline.cpu_devices_for`). On GPU/TPU every device is used and the option is ignored.
 """
 
 from __future__ import annotations

@@ -57,15 +57,24 @@ per s); a large one does not (1.2), and its batch of 128 frames is slower per fr
 which run on one device, were unchanged within noise (docs/carracing.md, "Sharding the controller stage")."""
 
 
+MIN_EPISODES_PER_CPU_DEVICE = 16
+"""A guard for many-core hosts, not a measured optimum: the smallest share measured was 32 episodes per device
+(population 16 x 4 rollouts on two devices, 1.5x one device at the paper's V)."""
+
+
 def cpu_devices_for(config: PipelineConfig, cores: int | None = None) -> int:
     """How many CPU devices a run of `config` should simulate on a CPU host: one per core when V's encoder costs
     at least CPU_DEVICES_MIN_ENCODER_FLOPS per frame and C trains with V in the loop, else 1 (a controller trained
-    in M's dream steps M alone, too little work per episode to split on a CPU)."""
+    in M's dream steps M alone, too little work per episode to split on a CPU). Each device keeps at least
+    MIN_EPISODES_PER_CPU_DEVICE of a generation's episodes."""
     import os
 
     cores = (os.cpu_count() or 1) if cores is None else cores
     large_v = config.vae.encoder_flops >= CPU_DEVICES_MIN_ENCODER_FLOPS
-    return cores if large_v and config.controller.where != "dream" else 1
+    if not large_v or config.controller.where == "dream":
+        return 1
+    es = config.controller.es
+    return max(1, min(cores, es.population * es.rollouts // MIN_EPISODES_PER_CPU_DEVICE))
 
 
 def _config_from_json(payload: dict) -> PipelineConfig:
