@@ -49,12 +49,13 @@ def stable_tag(name: str) -> int:
 
 CPU_DEVICES_MIN_ENCODER_FLOPS = 5_000_000
 """`cpu_devices_for` simulates one CPU device per core when encoding a frame costs at least this
-(`VAEConfig.encoder_flops`). Measured on the 2-core Zen 3 VM, one step of 128 CarRacing episodes with V and M in
-the loop (`population_returns`), two devices against one, interleaved in one process: encoder 2.4 MFLOP
-(`carracing-cpu-small`) 0.97x as fast, 8.1 MFLOP (half the paper's widths) 1.3x, 29.6 MFLOP (the paper's V)
-2.15x; 64 CartPolePixels episodes with `cpu-small`'s V (8.1 MFLOP) 1.4x. A small V already keeps both cores busy on one device (1.9 CPU-s
-per s); a large one does not (1.2), and its batch of 128 frames is slower per frame than 64. V and M training,
-which run on one device, were unchanged within noise (docs/carracing.md, "Sharding the controller stage")."""
+(`VAEConfig.encoder_flops`). Measured on the 2-core Zen 3 VM, one z + h generation of 32 x 4 CarRacing episodes
+with V and M in the loop, two devices against one, interleaved in one process (benchmarks/bench_carracing_env.py,
+2026-12-01): V of 2.4 MFLOP (`carracing-cpu-small`) 1.08x, 8.1 MFLOP (half the paper's widths) 1.31x, 29.6 MFLOP
+(the paper's V) 2.33x; 64 CartPolePixels episodes with `cpu-small`'s V (8.1 MFLOP) 1.4x. A small V already keeps
+both cores busy on one device (1.9 CPU-s per s); a large one does not (1.2), and its batch of 128 frames is
+slower per frame than 64. V and M training, which run on one device, were unchanged within noise
+(docs/carracing.md, "Sharding the controller stage")."""
 
 
 MIN_EPISODES_PER_CPU_DEVICE = 16
