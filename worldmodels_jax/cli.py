@@ -57,29 +57,12 @@ def use_cpu_devices(choice: str, config, restart_command: list[str] | None) -> N
     already restarted, or without a `restart_command` (a call from Python keeps the devices it has)."""
     import os
 
-    from worldmodels_jax.errors import ConfigError
-
-    if choice != "auto" and (not choice.isdigit() or int(choice) < 1):
-        raise ConfigError(f"--cpu-devices must be 'auto' or an int >= 1, got {choice!r}")
-    if restart_command is None or os.environ.get("WMJ_CPU_DEVICES_BOOTSTRAPPED"):
-        return
-    import jax
-
-    from worldmodels_jax.evolve import restart_with_cpu_devices
+    from worldmodels_jax.evolve import cpu_devices_to_start, restart_with_cpu_devices
     from worldmodels_jax.pipeline import cpu_devices_for
 
-    if jax.default_backend() != "cpu" or jax.process_count() > 1:
-        return
-    have = jax.local_device_count()
-    if choice == "auto":
-        wanted = cpu_devices_for(config)
-        if wanted <= have:  # never fewer than the user already simulates (XLA_FLAGS, JAX_NUM_CPU_DEVICES)
-            return
-    else:
-        wanted = int(choice)
-        if wanted == have:
-            return
-    restart_with_cpu_devices(wanted, restart_command)
+    wanted = cpu_devices_to_start(choice, lambda: cpu_devices_for(config))  # checks `choice` first
+    if wanted is not None and restart_command is not None and not os.environ.get("WMJ_CPU_DEVICES_BOOTSTRAPPED"):
+        restart_with_cpu_devices(wanted, restart_command)
 
 
 def build_config(preset: str | None, env: str | None, out: Path | None, overrides: list[str], show_help: bool = False):

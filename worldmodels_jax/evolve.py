@@ -135,6 +135,26 @@ def cpu_devices_environ(devices: int, environ: dict | None = None) -> dict[str, 
     return {**environ, "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": " ".join(flags)}
 
 
+def cpu_devices_to_start(choice: str, auto: Callable[[], int | None]) -> int | None:
+    """The simulated CPU device count a command asked for with `--cpu-devices choice` ('auto' or N >= 1), or None
+    to keep this process's devices: on GPU/TPU, under multi-process JAX, when the process already has N, or when
+    `auto()` (None: the user chose the mesh) asks for no more than it already simulates."""
+    try:
+        wanted = None if choice == "auto" else int(choice)
+    except ValueError:
+        wanted = 0
+    if wanted is not None and wanted < 1:
+        raise ConfigError(f"--cpu-devices must be 'auto' or an int >= 1, got {choice!r}")
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return None
+    have = jax.local_device_count()
+    if wanted is None:
+        wanted = auto()
+        # never fewer than the user already simulates (XLA_FLAGS=--xla_force_host_platform_device_count)
+        return wanted if wanted is not None and wanted > have else None
+    return wanted if wanted != have else None
+
+
 def restart_with_cpu_devices(devices: int, command: list[str]):
     """Replaces this process with `python *command` run with `devices` simulated CPU devices (the count is fixed
     when JAX starts). The new process sees WMJ_CPU_DEVICES_BOOTSTRAPPED=1 and must not restart again."""

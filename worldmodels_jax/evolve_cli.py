@@ -89,12 +89,9 @@ def _cpu_devices_wanted(args) -> int | None:
     """The CPU device count this run should have, or None to keep the process's devices as they are."""
     import jax
 
-    from worldmodels_jax.errors import ConfigError
-    from worldmodels_jax.evolve import cpu_devices_for
+    from worldmodels_jax.evolve import cpu_devices_for, cpu_devices_to_start
 
-    if jax.default_backend() != "cpu" or jax.process_count() > 1:
-        return None
-    if args.cpu_devices == "auto":
+    def auto() -> int | None:
         if args.devices is not None:  # the user chose the mesh
             return None
         from worldmodels_jax.models.small_dense import all_dense_small, resolve_small_dense
@@ -106,15 +103,9 @@ def _cpu_devices_wanted(args) -> int | None:
             template = policy.init(jax.random.PRNGKey(0), obs, jax.random.PRNGKey(0))
             if all_dense_small(template, resolve_small_dense(_small_dense(args))):
                 wanted = 1
-        # never fewer than the user already simulates (XLA_FLAGS=--xla_force_host_platform_device_count)
-        return wanted if wanted > jax.local_device_count() else None
-    try:
-        wanted = int(args.cpu_devices)
-    except ValueError:
-        wanted = 0
-    if wanted < 1:
-        raise ConfigError(f"--cpu-devices must be 'auto' or an int >= 1, got {args.cpu_devices!r}")
-    return wanted if wanted != jax.local_device_count() else None
+        return wanted
+
+    return cpu_devices_to_start(args.cpu_devices, auto)
 
 
 def _exec_with_cpu_devices(devices: int, argv: list[str]) -> None:
