@@ -12,10 +12,12 @@ over every device (`Pipeline.mesh`): several GPUs, or on a CPU host the simulate
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import zlib
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,7 @@ from worldmodels_jax.evolve import make_mesh
 from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
 from worldmodels_jax.models.memory import init_memory, make_memory
 from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count, param_shapes
-from worldmodels_jax.rollouts import (Agent, WorldModelParams, evaluate_params, population_returns,
+from worldmodels_jax.rollouts import (Agent, EpisodeStats, WorldModelParams, evaluate_params, population_returns,
                                       random_policy_returns)
 from worldmodels_jax.rundir import RunDir, to_jsonable
 from worldmodels_jax.train.mdn import SequenceData, make_evaluate_nll, make_mdn_trainer
@@ -233,9 +235,12 @@ class Pipeline:
     def collect(self):
         return self._timed("collect", self._collect)
 
-    def _collect(self):
+    def collect_shard_function(self, steps: int | None = None):
+        """`(collect(key) -> arrays [num_envs, steps, ...], meta)`: one shard of the collect stage's rollouts
+        (`steps` per env, default the config's)."""
         cfg = self.config.collect
-        meta = {"env_id": self.config.env_id, "num_envs": cfg.num_envs, "steps": cfg.steps,
+        steps = cfg.steps if steps is None else steps
+        meta = {"env_id": self.config.env_id, "num_envs": cfg.num_envs, "steps": steps,
                 "hold": [cfg.hold_min, cfg.hold_max], "seed": self.config.seed}
         policy, random_prob = None, 1.0
         if cfg.policy == "noisy_scripted":
@@ -245,9 +250,14 @@ class Pipeline:
             policy = random_controller_policy(self.action_mapping(), self.config.vae.z_size, cfg.controller_std)
             random_prob = 0.0
             meta.update(policy=cfg.policy, controller_std=cfg.controller_std)
-        dataset = Dataset.create(self.data_dir, meta, cfg.num_shards)
-        collect_fn = make_collect_shard(self.env, self.env_params, self.spec, cfg.num_envs, cfg.steps,
+        collect_fn = make_collect_shard(self.env, self.env_params, self.spec, cfg.num_envs, steps,
                                         cfg.hold_min, cfg.hold_max, policy, random_prob)
+        return collect_fn, meta
+
+    def _collect(self):
+        cfg = self.config.collect
+        collect_fn, meta = self.collect_shard_function()
+        dataset = Dataset.create(self.data_dir, meta, cfg.num_shards)
         key = self.key("collect")
         with self._bar(cfg.num_shards, "collect") as bar:
             for index in range(cfg.num_shards):
@@ -332,13 +342,7 @@ class Pipeline:
         encoded = Dataset.create(self.encoded_dir, {"source": str(self.data_dir), "z_size": self.config.vae.z_size},
                                  dataset.manifest["num_shards"])
 
-        vae = for_inference(self.vae)
-
-        @jax.jit
-        def encode_frames(frames):
-            chunks = frames.reshape((-1, 256, 64, 64, 3))
-            mu, logvar = jax.lax.map(lambda x: vae.apply({"params": params}, x, method=ConvVAE.encode), chunks)
-            return mu.reshape((-1, mu.shape[-1])), logvar.reshape((-1, mu.shape[-1]))
+        encode_frames = jax.jit(functools.partial(make_frame_encoder(self.vae), params))
 
         with self._bar(len(dataset.shard_indices), "encode") as bar:
             for index in dataset.shard_indices:
@@ -347,7 +351,7 @@ class Pipeline:
                     obs = arrays.pop("obs")
                     envs, steps = obs.shape[:2]
                     flat = obs.reshape((-1, 64, 64, 3))
-                    pad = (-len(flat)) % 256
+                    pad = (-len(flat)) % ENCODE_CHUNK
                     flat = np.concatenate([flat, np.zeros((pad, 64, 64, 3), np.uint8)]) if pad else flat
                     mu, logvar = jax.device_get(encode_frames(jnp.asarray(flat)))
                     arrays["mu"] = mu[: envs * steps].reshape((envs, steps, -1))
@@ -419,12 +423,12 @@ class Pipeline:
             results[mode] = self._timed(f"train-controller-{mode}", lambda m=mode: self._train_controller(m))
         return self._timed("train-controller", lambda: {"modes": results})
 
-    def _train_controller(self, mode: str):
+    def controller_training(self, mode: str, wm: WorldModelParams) -> "ControllerTraining":
+        """What the controller stage of `mode` runs, given V (and M) parameters `wm` on every device of `mesh`:
+        the ES (fitness = mean return over the configured rollouts, split over `mesh`) and the jitted
+        evaluations of a controller. Benchmarks time these directly (benchmarks/bench_paper_costs.py)."""
         ccfg = self.config.controller
         es = ccfg.es
-        stage = f"train-controller-{mode}"
-        needs_memory = mode in ("z_h", "z_c_h") or ccfg.where == "dream"
-        wm = self.world_model_params(needs_memory)
         if ccfg.where == "dream":
             env, env_params = self.dream_env()
             env_params = self.replicated(env_params)
@@ -441,21 +445,31 @@ class Pipeline:
         # The kept controller is chosen where it trains: a dream-trained C never sees a real score during
         # selection. Its real score (V and M in the loop) is logged beside it, for monitoring only.
         real_agent = self.agent(mode)
-        eval_steps = self._max_steps(ccfg.max_episode_steps)
 
         @jax.jit
-        def evaluate_mean(params, key):
-            return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, eval_steps,
-                                   ccfg.chunk_steps, self.mesh).returns
+        def evaluate(params, key) -> EpisodeStats:
+            return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, max_steps,
+                                   ccfg.chunk_steps, self.mesh)
 
         @jax.jit
-        def evaluate_mean_real(params, key):
+        def evaluate_real(params, key) -> EpisodeStats:
             return evaluate_params(self.env, self.env_params, real_agent, wm, params, key, es.eval_episodes,
-                                   eval_steps, ccfg.chunk_steps, self.mesh).returns
+                                   max_steps, ccfg.chunk_steps, self.mesh)
 
         template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
         sigma_init = ccfg.sigma_init_for(agent.controller.config.input_size)
         init, run_chunk, mean_params = make_evolution(fitness, template, dataclasses.replace(es, sigma_init=sigma_init))
+        return ControllerTraining(template=template, init=init, run_chunk=run_chunk, mean_params=mean_params,
+                                  evaluate=evaluate, evaluate_real=evaluate_real)
+
+    def _train_controller(self, mode: str):
+        ccfg = self.config.controller
+        es = ccfg.es
+        stage = f"train-controller-{mode}"
+        needs_memory = mode in ("z_h", "z_c_h") or ccfg.where == "dream"
+        training = self.controller_training(mode, self.world_model_params(needs_memory))
+        template, init, run_chunk, mean_params = (training.template, training.init, training.run_chunk,
+                                                  training.mean_params)
         key = jax.random.fold_in(self.key("train-controller"), stable_tag(mode))
         key_init, key_eval, key_real = jax.random.split(key, 3)
         state = init(key_init)
@@ -485,14 +499,14 @@ class Pipeline:
                     )
                 del previous
                 mean = mean_params(state)
-                returns = np.asarray(evaluate_mean(mean, jax.random.fold_in(key_eval, int(state.generation))))
+                returns = np.asarray(training.evaluate(mean, jax.random.fold_in(key_eval, int(state.generation))).returns)
                 score = float(returns.mean())
                 if score > float(best["score"]):
                     best = {"score": np.float32(score), "params": mean}
                 records = [{k: v[i] for k, v in jax.device_get(metrics).items()} for i in range(generations)]
                 records[-1].update({"eval_mean": score, "eval_std": float(returns.std()), "best_eval": float(best["score"])})
                 if ccfg.where == "dream":
-                    real = np.asarray(evaluate_mean_real(mean, jax.random.fold_in(key_real, int(state.generation))))
+                    real = np.asarray(training.evaluate_real(mean, jax.random.fold_in(key_real, int(state.generation))).returns)
                     records[-1].update({"real_eval_mean": float(real.mean()), "real_eval_std": float(real.std())})
                 self.run.log_metrics(stage, records)
                 checkpointer.save(int(state.generation), {"state": state, "best_score": best["score"],
@@ -574,6 +588,33 @@ class Pipeline:
         self.train_controller()
         self.evaluate()
         return self.report()
+
+
+ENCODE_CHUNK = 256
+"""The encode stage runs V's encoder on this many frames at a time."""
+
+
+def make_frame_encoder(vae: ConvVAE):
+    """`encode(params, frames [N, 64, 64, 3] uint8, N a multiple of ENCODE_CHUNK) -> (μ, log σ²) [N, z]`: V's
+    encoder as the encode stage runs it (`for_inference` layers, ENCODE_CHUNK frames at a time)."""
+    vae = for_inference(vae)
+
+    def encode(params, frames):
+        chunks = frames.reshape((-1, ENCODE_CHUNK, 64, 64, 3))
+        mu, logvar = jax.lax.map(lambda x: vae.apply({"params": params}, x, method=ConvVAE.encode), chunks)
+        return mu.reshape((-1, mu.shape[-1])), logvar.reshape((-1, mu.shape[-1]))
+
+    return encode
+
+
+class ControllerTraining(NamedTuple):
+    """`Pipeline.controller_training`: the ES of one controller and the evaluations of its mean."""
+    template: Any  # C's parameter tree (values of the ES's starting mean: zeros)
+    init: Callable  # init(key) -> EvoState
+    run_chunk: Callable  # run_chunk(state, generations) -> (state, metrics)
+    mean_params: Callable  # mean_params(state) -> C's parameters
+    evaluate: Callable  # evaluate(params, key) -> EpisodeStats, where C trains (the real env or M's dream)
+    evaluate_real: Callable  # the same in the real env, V and M in the loop
 
 
 def _summary(returns) -> dict:
