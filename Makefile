@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/demo
 
-.PHONY: demo test test-fast bench install install-dev install-bench clean
+.PHONY: demo test test-fast bench install install-dev install-bench device-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ test-fast: install-dev
 ## make bench: the quick benchmark suite (regenerates benchmarks/BENCHMARKS.md).
 bench: install-bench
 	$(BIN)/wmj bench --quick
+
+## make device-wheels: the pure-Python packages a lent GPU machine lacks (it has jax, flax, optax, chex, orbax),
+## as wheels in .whl/ for benchmarks/device_check.sh. The versions are this project's (pip list in .venv).
+DEVICE_WHEELS := evosax==0.3.2 dotmap==1.3.30 gymnax==1.0.1 gymnasium==1.3.0 farama-notifications==0.0.6 \
+                 tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1
+device-wheels:
+	rm -rf .whl && $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
+	@ls .whl && du -sh .whl
 
 clean:
 	rm -rf runs .pytest_cache

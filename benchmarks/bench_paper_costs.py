@@ -13,16 +13,17 @@ compile (its seconds are reported as `compile_s`), then timed `repeats` times (t
 - encode: frames;
 - train-mdn: Adam steps at the preset's batch × seq_len (the held-out NLL after each chunk is not timed);
 - train-controller, per mode: generations × one generation of population × rollouts episodes, plus
-  generations / eval_every evaluations of the mean over eval_episodes. Episodes are timed at `episode_steps`
-  and scaled to the preset's episode length. A batch of episodes steps every lane until its last episode ends,
-  so this is the cost of full-length episodes: an upper bound, and a tight one at 1,024 episodes;
+  generations / eval_every evaluations of the mean over eval_episodes (at `--size full`, an evaluation batch as
+  large as a generation's is not timed again: it runs the same episode program). Episodes are timed at
+  `episode_steps` and scaled to the preset's episode length. A batch of episodes steps every lane until its last
+  episode ends, so this is the cost of full-length episodes: an upper bound, and a tight one at 1,024 episodes;
 - evaluate: per mode, episodes × episode length at the evaluation's per-lane step cost.
 
 The anchor is this device's matmul peak, measured in the same run (`bench_matmul_peak`): each stage's counted
 model FLOPs (`bench_pipeline`'s counts) per second, as a fraction of it. The projected total is a PROJECTION
 from costs measured here, not a timed run of the preset, and the output labels it so.
 
-    .venv/bin/python benchmarks/bench_paper_costs.py --size quick        # the paper preset, ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_paper_costs.py --size quick        # the paper preset, ~6 min on 2 CPU cores
     python3 benchmarks/bench_paper_costs.py --size full --out costs.json  # on a GPU (benchmarks/device_check.sh)
 """
 
@@ -48,12 +49,14 @@ class Size:
     mdn_steps: int  # M's Adam steps timed (the preset's batch and seq_len)
     episode_steps: int  # steps per timed episode (a multiple of the episode loop's chunk, or below it)
     repeats: int
+    time_evaluations: bool = True  # False: an evaluation batch as large as a generation's is costed as one
 
 
 SIZES = {
     "toy": Size(collect_steps=4, vae_batches=1, encode_chunks=1, mdn_steps=1, episode_steps=5, repeats=1),
-    "quick": Size(collect_steps=50, vae_batches=4, encode_chunks=4, mdn_steps=2, episode_steps=50, repeats=2),
-    "full": Size(collect_steps=1000, vae_batches=100, encode_chunks=40, mdn_steps=20, episode_steps=1000, repeats=2),
+    "quick": Size(collect_steps=50, vae_batches=4, encode_chunks=4, mdn_steps=2, episode_steps=10, repeats=2),
+    "full": Size(collect_steps=1000, vae_batches=100, encode_chunks=40, mdn_steps=20, episode_steps=1000, repeats=1,
+                 time_evaluations=False),
 }
 
 
@@ -71,6 +74,12 @@ def timed(fn, *args, repeats: int) -> dict:
     return {"seconds": statistics.median(seconds), "compile_s": compile_s, "repeats": repeats, "output": out}
 
 
+def _save(out, rows: list, **header) -> None:
+    if out is not None:
+        rows = [{k: v for k, v in r.items() if k != "output"} for r in rows]
+        Path(out).write_text(json.dumps({**header, "rows": rows}, indent=2, default=float))
+
+
 def _row(name, measured: dict, units_timed: float, unit: str, preset_units: float, flops_per_unit: float | None,
          peak: float | None) -> dict:
     per_unit = measured["seconds"] / units_timed
@@ -82,7 +91,7 @@ def _row(name, measured: dict, units_timed: float, unit: str, preset_units: floa
         row["fraction_of_matmul_peak"] = row["flop_per_s"] / peak if peak else None
     print(f"{name:26s} {units_timed:>12,.0f} {unit:14s} {measured['seconds']:8.3f} s  "
           f"(compile {measured['compile_s']:6.1f} s)  {per_unit:.3e} s/{unit}  "
-          f"-> {preset_units:,.0f} {unit}s: {per_unit * preset_units / 3600:8.3f} h", flush=True)
+          f"-> {preset_units:,.0f} {unit}s: {per_unit * preset_units / 3600:.4g} h", flush=True)
     return row
 
 
@@ -94,7 +103,9 @@ def stage_of(row_name: str) -> str:
 
 
 def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: float | None = None,
-        modes: tuple[str, ...] | None = None) -> dict:
+        modes: tuple[str, ...] | None = None, out: str | Path | None = None) -> dict:
+    """Times each stage and projects the preset's seconds (module docstring). With `out`, the rows measured so far
+    are written there as JSON after each stage, so a run cut short still leaves its figures."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -130,8 +141,16 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
     print(f"{preset}, size {size}, on {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
           f"jax {jax.__version__}; matmul peak {peak_flop_per_s / 1e12:.2f} TFLOP/s", flush=True)
 
-    key = jax.random.PRNGKey(0)
+    header = {"benchmark": "paper_costs", "preset": preset, "size": size, "backend": jax.default_backend(),
+              "device_kind": devices[0].device_kind, "devices": len(devices), "jax": jax.__version__,
+              "matmul_peak_flop_per_s": peak_flop_per_s, "episode_steps_timed": steps, "episode_steps": episode}
     rows = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        _save(out, rows, **header, complete=False)
+
+    key = jax.random.PRNGKey(0)
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(timed_config, Path(tmp) / "run", progress=False)
         config = pipeline.config  # resolved (M's sizes follow the env)
@@ -141,8 +160,8 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
         # collect: one shard of num_envs x collect_steps, fetched to the host as the stage does.
         collect, _ = pipeline.collect_shard_function(steps=min(s.collect_steps, config.collect.steps))
         measured = timed(lambda k: jax.device_get(collect(k)), key, repeats=s.repeats)
-        rows.append(_row("collect", measured, config.collect.num_envs * min(s.collect_steps, config.collect.steps),
-                         "frame", frames_total, None, peak_flop_per_s))
+        record(_row("collect", measured, config.collect.num_envs * min(s.collect_steps, config.collect.steps),
+                    "frame", frames_total, None, peak_flop_per_s))
 
         # train-vae: Adam steps of the preset's batch.
         init_v, train_epoch = make_vae_trainer(config.vae, config.train_vae)
@@ -151,8 +170,8 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
                                     0, 256).astype(jnp.uint8)
         measured = timed(train_epoch, vae_state, frames, jax.random.fold_in(key, 3), repeats=s.repeats)
         vae_frames = min(frames_total, config.train_vae.max_frames or frames_total)
-        rows.append(_row("train-vae", measured, frames.shape[0], "frame", vae_frames * config.train_vae.epochs,
-                         3.0 * (vae_flops["encoder"] + vae_flops["decoder"]), peak_flop_per_s))
+        record(_row("train-vae", measured, frames.shape[0], "frame", vae_frames * config.train_vae.epochs,
+                    3.0 * (vae_flops["encoder"] + vae_flops["decoder"]), peak_flop_per_s))
         vae_params = vae_state.params
         del vae_state, frames
 
@@ -161,8 +180,8 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
         frames = jax.random.randint(jax.random.fold_in(key, 4), (s.encode_chunks * ENCODE_CHUNK, 64, 64, 3),
                                     0, 256).astype(jnp.uint8)
         measured = timed(encode, vae_params, frames, repeats=s.repeats)
-        rows.append(_row("encode", measured, frames.shape[0], "frame", frames_total, vae_flops["encoder"],
-                         peak_flop_per_s))
+        record(_row("encode", measured, frames.shape[0], "frame", frames_total, vae_flops["encoder"],
+                    peak_flop_per_s))
         del frames
 
         # train-mdn: Adam steps of batch x seq_len on sequences as long as the collected ones.
@@ -180,8 +199,8 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
             first=jnp.zeros((sequences, length), bool).at[:, 0].set(True))
         mdn_state = init_m(jax.random.fold_in(key, 6))
         measured = timed(train_chunk, mdn_state, data, jax.random.fold_in(key, 7), repeats=s.repeats)
-        rows.append(_row("train-mdn", measured, s.mdn_steps, "step", config.train_mdn.steps,
-                         3.0 * mdn_step_flops(config.mdn) * tm.batch_size * tm.seq_len, peak_flop_per_s))
+        record(_row("train-mdn", measured, s.mdn_steps, "step", config.train_mdn.steps,
+                    3.0 * mdn_step_flops(config.mdn) * tm.batch_size * tm.seq_len, peak_flop_per_s))
         memory_params = mdn_state.params
         del mdn_state, data
 
@@ -202,21 +221,28 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
                 controller_flops(config, mode, pipeline.action_mapping().num_outputs)
             lanes = es.population * es.rollouts
             measured = timed(lambda st: training.run_chunk(st, 1), state, repeats=s.repeats)
-            rows.append(_row(f"train-controller-{mode}", measured, lanes * steps, "episode-step",
-                             es.generations * lanes * episode, step_flops, peak_flop_per_s))
-            mean = training.mean_params(measured["output"][0])
-            measured = timed(training.evaluate, mean, jax.random.fold_in(key, 9), repeats=s.repeats)
-            lengths = np.asarray(measured["output"].lengths)
-            row = _row(f"evaluate-mean-{mode}", measured, es.eval_episodes * steps, "episode-step",
-                       (es.generations // es.eval_every) * es.eval_episodes * episode, step_flops, peak_flop_per_s)
-            row["mean_episode_length_timed"] = float(lengths.mean())
-            rows.append(row)
+            generation = _row(f"train-controller-{mode}", measured, lanes * steps, "episode-step",
+                              es.generations * lanes * episode, step_flops, peak_flop_per_s)
+            record(generation)
+            mean_evaluations = (es.generations // es.eval_every) * es.eval_episodes * episode
+            if s.time_evaluations or es.eval_episodes != lanes:
+                mean = training.mean_params(measured["output"][0])
+                measured = timed(training.evaluate, mean, jax.random.fold_in(key, 9), repeats=s.repeats)
+                evaluation = _row(f"evaluate-mean-{mode}", measured, es.eval_episodes * steps, "episode-step",
+                                  mean_evaluations, step_flops, peak_flop_per_s)
+                evaluation["mean_episode_length_timed"] = float(np.asarray(measured["output"].lengths).mean())
+            else:  # the same episode program on a batch of the same size: the generation's cost per lane-step
+                per_unit = generation["seconds_per_unit"]
+                evaluation = {"stage": f"evaluate-mean-{mode}", "unit": "episode-step", "preset_units": mean_evaluations,
+                              "seconds_per_unit": per_unit, "projected_s": per_unit * mean_evaluations,
+                              "note": f"not timed: {es.eval_episodes} episodes, the generation's batch, at its cost"}
+            record(evaluation)
             evaluate_units = config.evaluate.episodes * (config.evaluate.max_episode_steps or episode)
-            rows.append({"stage": f"evaluate-{mode}", "unit": "episode-step", "preset_units": evaluate_units,
-                         "seconds_per_unit": row["seconds_per_unit"],
-                         "projected_s": row["seconds_per_unit"] * evaluate_units,
-                         "note": f"at the per-lane step cost of {es.eval_episodes} episodes; "
-                                 f"{config.evaluate.episodes} run in the stage"})
+            record({"stage": f"evaluate-{mode}", "unit": "episode-step", "preset_units": evaluate_units,
+                    "seconds_per_unit": evaluation["seconds_per_unit"],
+                    "projected_s": evaluation["seconds_per_unit"] * evaluate_units,
+                    "note": f"not timed: at the per-lane step cost of {es.eval_episodes} episodes; "
+                            f"{config.evaluate.episodes} run in the stage"})
     for row in rows:
         row.pop("output", None)
     total = sum(r["projected_s"] for r in rows)
@@ -226,13 +252,12 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
         by_stage[stage] = by_stage.get(stage, 0.0) + r["projected_s"]
     label = (f"PROJECTED, not a timed run: {preset}'s units x seconds per unit measured on {len(devices)} "
              f"{devices[0].device_kind} in this run; episodes at full length (an upper bound)")
-    print(f"{label}\n" + "\n".join(f"  {k:18s} {v / 3600:9.3f} h" for k, v in by_stage.items())
-          + f"\n  {'total':18s} {total / 3600:9.3f} h ({total / 86400:.2f} days)", flush=True)
-    return {"benchmark": "paper_costs", "preset": preset, "size": size, "backend": jax.default_backend(),
-            "device_kind": devices[0].device_kind, "devices": len(devices), "jax": jax.__version__,
-            "matmul_peak_flop_per_s": peak_flop_per_s, "episode_steps_timed": steps, "episode_steps": episode,
-            "scale_to_episode": scale, "rows": rows, "projected_s_by_stage": by_stage, "projected_total_s": total,
-            "label": label}
+    print(f"{label}\n" + "\n".join(f"  {k:18s} {v / 3600:10.4g} h" for k, v in by_stage.items())
+          + f"\n  {'total':18s} {total / 3600:10.4g} h ({total / 86400:.3g} days)", flush=True)
+    result = {**header, "scale_to_episode": scale, "rows": rows, "projected_s_by_stage": by_stage,
+              "projected_total_s": total, "label": label}
+    _save(out, rows, **{k: v for k, v in result.items() if k != "rows"}, complete=True)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -242,10 +267,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--modes", nargs="+", default=None, help="controller modes to time (default: the preset's)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    result = run(args.preset, args.size, modes=tuple(args.modes) if args.modes else None)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2, default=float))
-    return result
+    return run(args.preset, args.size, modes=tuple(args.modes) if args.modes else None, out=args.out)
 
 
 if __name__ == "__main__":

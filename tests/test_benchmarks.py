@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import bench_dream, bench_matmul_peak, bench_pipeline, numpy_dream  # noqa: E402
 from worldmodels_jax import bench  # noqa: E402
 from worldmodels_jax.configs import get_preset  # noqa: E402
+from worldmodels_jax.errors import ConfigError  # noqa: E402
 from worldmodels_jax.models.controller import Controller, ControllerConfig, init_controller  # noqa: E402
 from worldmodels_jax.models.mdnrnn import MDNRNN, MDNRNNConfig, init_mdnrnn, mdn_sample  # noqa: E402
 
@@ -178,10 +179,68 @@ def test_suite_toy_writes_json_markdown_and_plots(tmp_path, monkeypatch):
     assert "simulated CPU device(s)" in text
 
 
+def test_paper_costs_toy_projects_the_presets_units_and_writes_rows_as_it_goes(tmp_path, monkeypatch):
+    """The `tiny` preset's stages timed at toy sizes: every stage is there, each projection is the preset's units
+    (counted here from the config) times the measured seconds per unit, the JSON is complete, and the suite's
+    markdown labels the projections."""
+    bench_paper_costs = bench._benchmarks_module("bench_paper_costs")
+    out = tmp_path / "costs.json"
+    result = bench_paper_costs.run(preset="tiny", size="toy", peak_flop_per_s=1e10, out=out)
+    config = get_preset("tiny")
+    frames = config.collect.num_envs * config.collect.steps * config.collect.num_shards  # 8 x 40 x 2
+    es, episode = config.controller.es, config.controller.max_episode_steps
+    expected_units = {"collect": frames, "train-vae": frames * config.train_vae.epochs, "encode": frames,
+                      "train-mdn": config.train_mdn.steps}
+    for mode in config.controller.modes:
+        expected_units[f"train-controller-{mode}"] = es.generations * es.population * es.rollouts * episode
+        expected_units[f"evaluate-mean-{mode}"] = es.generations // es.eval_every * es.eval_episodes * episode
+        expected_units[f"evaluate-{mode}"] = config.evaluate.episodes * config.evaluate.max_episode_steps
+    rows = {row["stage"]: row for row in result["rows"]}
+    assert {name: row["preset_units"] for name, row in rows.items()} == expected_units
+    for name, row in rows.items():
+        assert _positive_finite(row["seconds_per_unit"]), name
+        assert row["projected_s"] == pytest.approx(row["seconds_per_unit"] * row["preset_units"]), name
+        if "seconds" in row:
+            assert row["seconds_per_unit"] == pytest.approx(row["seconds"] / row["units_timed"]), name
+    assert rows["train-controller-z_h"]["units_timed"] == es.population * es.rollouts * 5  # toy: 5-step episodes
+    assert 0 < rows["evaluate-mean-z"]["mean_episode_length_timed"] <= 5
+    assert rows["train-vae"]["fraction_of_matmul_peak"] == pytest.approx(rows["train-vae"]["flop_per_s"] / 1e10)
+    assert result["projected_total_s"] == pytest.approx(sum(result["projected_s_by_stage"].values()))
+    assert result["projected_total_s"] == pytest.approx(sum(row["projected_s"] for row in rows.values()))
+    assert set(result["projected_s_by_stage"]) == {"collect", "train-vae", "encode", "train-mdn",
+                                                   "train-controller", "evaluate"}
+    saved = json.loads(out.read_text())
+    assert saved["complete"] and len(saved["rows"]) == len(rows) and saved["label"].startswith("PROJECTED")
+    headers, table = bench._rows("paper_costs", result)
+    assert any(line[0].startswith("**PROJECTED** `tiny` total") for line in table)
+    assert sum("(measured)" in line[0] for line in table) == sum("seconds" in row for row in rows.values())
+
+    with pytest.raises(ConfigError, match="dream"):
+        bench_paper_costs.run(preset="takecover-cpu-small", size="toy", peak_flop_per_s=1e10)
+    with pytest.raises(ConfigError, match="unknown size"):
+        bench_paper_costs.run(preset="tiny", size="huge", peak_flop_per_s=1e10)
+
+
+def test_device_check_script_parses_and_its_wheels_are_the_versions_installed_here():
+    """benchmarks/device_check.sh is valid bash, and `make device-wheels` pins what this environment runs (a lent
+    GPU machine has jax, flax, optax, chex and orbax; the rest travels as these wheels)."""
+    import importlib.metadata
+    import re
+    import subprocess
+
+    subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "device_check.sh")], check=True)
+    makefile = (REPO / "Makefile").read_text()
+    block = re.search(r"^DEVICE_WHEELS := (.*?)\n(?!\s)", makefile, re.S | re.M).group(1)
+    pins = dict(pin.split("==") for pin in block.replace("\\", " ").split())
+    assert {"evosax", "gymnax", "tyro"} <= set(pins)
+    for name, version in pins.items():
+        assert importlib.metadata.version(name) == version, (name, version)
+
+
 def test_every_registered_benchmark_module_imports():
     """The benchmarks without a toy size (owned elsewhere, minutes each) must at least import and expose run()."""
     for name in ("bench_takecover_env", "bench_carracing_env", "bench_neuroevolution", "bench_vm_training",
-                 "bench_dqn", "bench_matmul_peak", "bench_dream", "bench_pipeline"):
+                 "bench_dqn", "bench_matmul_peak", "bench_dream", "bench_pipeline", "bench_paper_costs"):
         if not (REPO / "benchmarks" / f"{name}.py").exists():
             continue
         module = bench._benchmarks_module(name)

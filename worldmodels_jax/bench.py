@@ -168,6 +168,17 @@ def _pipeline(quick, toy, context, out):
                                                     context=context)
 
 
+def _paper_costs(quick, toy, context, out):
+    """The paper preset's stages timed here: `full` sizes on an accelerator, `quick` ones on a CPU."""
+    import jax
+
+    module = _benchmarks_module("bench_paper_costs")
+    if toy:
+        return module.run(preset="tiny", size="toy", peak_flop_per_s=_peak(context))
+    size = "quick" if quick or jax.default_backend() == "cpu" else "full"
+    return module.run(size=size, peak_flop_per_s=_peak(context))
+
+
 def _neuroevolution(quick, toy, context, out):
     return _benchmarks_module("bench_neuroevolution").run(quick=quick, out=out)
 
@@ -213,6 +224,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "toy": False},
     "pipeline": {"run": _pipeline, "command": "python benchmarks/bench_pipeline.py", "toy": True},
     "scaling": {"run": _scaling, "command": "wmj bench --only dream scaling", "toy": True},
+    "paper_costs": {"run": _paper_costs, "command": "python benchmarks/bench_paper_costs.py --size quick", "toy": True},
 }
 
 
@@ -419,6 +431,23 @@ def _rows(name: str, r: dict) -> tuple[list[str], list[list[str]]]:
                     rows.append([f"**PROJECTED** `{preset}` {stage} on H100", _fmt(s["h100_s"], "s"),
                                  "projection (see note)", f"assumes {100 * s['assumed_fraction_of_peak']:.1f}% of peak"])
         return ["Figure", "Value", "Anchor", "Efficiency"], rows
+    if name == "paper_costs":
+        peak = f"matmul peak {_fmt(r.get('matmul_peak_flop_per_s'), 'FLOP/s')}"
+        rows = []
+        for row in r["rows"]:
+            if "seconds" not in row:
+                continue
+            fraction = row.get("fraction_of_matmul_peak")
+            rows.append([f"`{r['preset']}` {row['stage']}, {row['units_timed']:,.0f} {row['unit']}s timed (measured)",
+                         _fmt(row["seconds_per_unit"], f"s/{row['unit']}"), peak,
+                         "—" if fraction is None else f"{100 * fraction:.1f}% of peak"])
+        where = f"{r['devices']} × {r['device_kind']}"
+        for stage, seconds in r["projected_s_by_stage"].items():
+            rows.append([f"**PROJECTED** `{r['preset']}` {stage}, on {where}", _fmt(seconds / 3600, "h"),
+                         "measured s/unit × the preset's units", "—"])
+        rows.append([f"**PROJECTED** `{r['preset']}` total, on {where}", _fmt(r["projected_total_s"] / 3600, "h"),
+                     f"{r['projected_total_s'] / 86400:.2f} days", "—"])
+        return ["Figure", "Value", "Anchor", "Efficiency"], rows
     if name == "scaling":
         rows = [[f"dream package, pop {r['episode_length']['population']}, episode length {steps}",
                  _fmt(row["seconds_per_call"], "s"), "—", f"{1e3 * row['seconds_per_step']:.2f} ms/step"]
@@ -498,6 +527,13 @@ NOTES = {
                       "(`evolve.cpu_devices_for`); a policy with larger layers is sharded over one simulated CPU device "
                       "per core from 2048 members per core, and the benchmark then adds rows for that. Time to 475 "
                       "runs with early exit (ours) after compilation on both sides.",
+    "paper_costs": "Each stage of `carracing-paper` runs the pipeline's own code at the preset's sizes (V 4.35M "
+                   "parameters, batch 100; M LSTM 256 on 100 × 999 windows; C's generation of 64 × 16 episodes; "
+                   "the mean's evaluation over 1,024), with fewer units than the preset (frames, M steps, episode "
+                   "steps), after a compiling call. Rows marked PROJECTED multiply the measured seconds per unit by "
+                   "the preset's units (episodes at full length, an upper bound): a projection from costs measured "
+                   "on the device named, not a timed run. On a CPU the suite times `--size quick` (10-step "
+                   "episodes); on a GPU `--size full` (1000-step episodes; `benchmarks/device_check.sh`).",
     "cartpole_env": "The anchor renders no pixels: it is gymnasium's state-observation CartPole-v1, labelled as such.",
     "scaling": "Devices: the sharded neuroevolution engine on N simulated CPU devices "
                "(`--xla_force_host_platform_device_count=N`, one process per N), the same population each time, "
@@ -695,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if BENCHMARKS[n]["toy"]]
         if skipped:
             print(f"--toy: skipping {', '.join(skipped)} (no toy size)")
-    if "matmul" not in names and any(n in names for n in ("dream", "pipeline")):
+    if "matmul" not in names and any(n in names for n in ("dream", "pipeline", "paper_costs")):
         names = ["matmul", *names]  # the physical limit is measured in the same run
     if "scaling" in names:
         names = [n for n in names if n != "scaling"] + ["scaling"]
