@@ -6,6 +6,7 @@ import builtins
 import dataclasses
 import importlib.util
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -139,3 +140,64 @@ def test_random_policy_baseline_jits_on_carracing():
     env, params = make_env("CarRacing-v0")
     stats = jax.jit(lambda k: random_policy_returns(env, params, k, 2, 5))(jax.random.PRNGKey(0))
     assert stats.returns.shape == (2,) and bool(np.all(stats.lengths == 5))
+
+
+# ------------------------------------------------------------------------------ the summary over seeds
+def _table(**means) -> dict:
+    return {"rows": [{"key": key, "mean": float(value), "std": 1.0, "episodes": 100} for key, value in means.items()]}
+
+
+def test_summary_over_seeds_known_answers(tmp_path):
+    """Three seeds whose means, standard errors, paired differences and sign tests are worked out by hand."""
+    from worldmodels_jax.carracing_experiment import summarize_seeds, summary_markdown
+
+    tables = {"a": _table(random=-37, z=100, z_hidden=200, z_h=300),
+              "b": _table(random=-37, z=110, z_hidden=190, z_h=330),
+              "c": _table(random=-37, z=90, z_hidden=210, z_h=330)}
+    summary = summarize_seeds(tables)
+    third = 1 / np.sqrt(3)
+    assert summary["modes"]["z"] == pytest.approx({"mean": 100.0, "se": 10 * third})
+    assert summary["modes"]["z_hidden"] == pytest.approx({"mean": 200.0, "se": 10 * third})
+    assert summary["modes"]["z_h"] == pytest.approx({"mean": 320.0, "se": np.sqrt(300) * third})  # diffs -20, 10, 10
+    pair = summary["pairs"]["z_h - z_hidden"]  # differences 100, 140, 120
+    assert pair["mean"] == pytest.approx(120.0) and pair["se"] == pytest.approx(20 * third)
+    assert pair["standard_errors"] == pytest.approx(120 / (20 * third))
+    assert pair["wins"] == 3 and pair["sign_test_p"] == pytest.approx(1 / 8)
+    assert summary["pairs"]["z_hidden - z"]["mean"] == pytest.approx(100.0)  # differences 100, 80, 120
+    assert summary["order_reproduced"] and summary["means_in_order"] and summary["seeds_in_order"] == 3
+    assert "**reproduced**" in summary_markdown(summary)
+
+    # z + hidden below z on seed c, and only 2 standard errors apart on average: not reproduced.
+    tables["c"] = _table(z=90, z_hidden=60, z_h=330)  # z_hidden - z: 100, 80, -30
+    summary = summarize_seeds(tables)
+    pair = summary["pairs"]["z_hidden - z"]
+    assert pair["mean"] == pytest.approx(50.0) and pair["wins"] == 2
+    assert pair["sign_test_p"] == pytest.approx(4 / 8)  # P(at least 2 of 3)
+    assert pair["standard_errors"] < 2 and not summary["order_reproduced"]
+    assert summary["seeds_in_order"] == 2 and summary["per_seed_order"]["c"] == "z_h > z > z_hidden"
+    assert "**not reproduced**" in summary_markdown(summary)
+
+
+def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
+    script_path = Path(__file__).resolve().parents[1] / "experiments" / "carracing.py"
+    spec = importlib.util.spec_from_file_location("carracing_script", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paths = []
+    for seed, (z, hidden, h) in enumerate(((100, 200, 300), (110, 190, 330))):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        (run / "carracing_table.json").write_text(json.dumps(_table(z=z, z_hidden=hidden, z_h=h)))
+        paths.append(str(run))
+    out = tmp_path / "summary.json"
+    assert script.main(["--summarize", *paths, "--summary-out", str(out)]) == 0
+    assert json.loads(out.read_text())["labels"] == ["run0", "run1"]
+    assert "| V only, z | 105.0 ± 5.0 |" in capsys.readouterr().out
+    only_z_h = tmp_path / "paper_cpu.json"
+    only_z_h.write_text(json.dumps(_table(z_h=500)))
+    assert script.main(["--summarize", paths[0], str(only_z_h)]) == 2
+    assert "has no row for z_hidden, z" in capsys.readouterr().err
+    assert script.main(["--summarize", paths[0]]) == 2
+    assert "at least 2 tables" in capsys.readouterr().err
+    assert script.main(["--summarize", str(tmp_path / "missing")]) == 2
+    assert "no CarRacing table" in capsys.readouterr().err

@@ -12,6 +12,7 @@ never seen in training (tracks are drawn from 24 uniforms per key).
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -163,7 +164,82 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
 
 
 def load_table(out: str | Path) -> dict:
-    return json.loads((Path(out) / "carracing_table.json").read_text())
+    """A finished run's table: `out` is its run directory or a carracing_table JSON file."""
+    path = Path(out)
+    path = path if path.suffix == ".json" else path / "carracing_table.json"
+    if not path.exists():
+        raise ConfigError(f"no CarRacing table at {path}: finish the run with experiments/carracing.py first")
+    return json.loads(path.read_text())
 
 
-__all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium", "ROWS"]
+PAPER_ORDER = ("z_h", "z_hidden", "z")
+"""The paper's ordering, best first: z + h > z + hidden > z (906, 788, 632)."""
+
+
+def _sign_test_p(wins: int, n: int) -> float:
+    """One-sided exact sign test: P(at least `wins` of `n` fair coin flips come up heads)."""
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDER) -> dict:
+    """Over runs of different seeds (`{label: table}`), the mean ± standard error of each controller and, for each
+    pair in the paper's `order`, the paired per-seed differences: mean ± standard error, how many standard errors
+    from zero, the seeds that favour the first, and a one-sided sign test. The order counts as reproduced when
+    each consecutive difference is at least two standard errors above zero."""
+    if len(tables) < 2:
+        raise ConfigError(f"a summary over seeds needs at least 2 tables, got {len(tables)}")
+    scores = {}
+    for label, table in tables.items():
+        means = {row["key"]: row["mean"] for row in table["rows"]}
+        missing = [mode for mode in order if mode not in means]
+        if missing:
+            raise ConfigError(f"table {label} has no row for {', '.join(missing)}; summaries need runs of every "
+                              f"mode in {', '.join(order)}")
+        scores[label] = means
+    n = len(scores)
+
+    def mean_se(values) -> tuple[float, float]:
+        values = np.asarray(values, np.float64)
+        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+    modes = {}
+    for mode in order:
+        mean, se = mean_se([s[mode] for s in scores.values()])
+        modes[mode] = {"mean": mean, "se": se}
+    pairs = {}
+    for i, better in enumerate(order):
+        for worse in order[i + 1:]:
+            diffs = [s[better] - s[worse] for s in scores.values()]
+            mean, se = mean_se(diffs)
+            wins = sum(d > 0 for d in diffs)
+            pairs[f"{better} - {worse}"] = {"mean": mean, "se": se, "standard_errors": mean / se if se else math.inf,
+                                            "wins": wins, "sign_test_p": _sign_test_p(wins, n)}
+    consecutive = [pairs[f"{a} - {b}"] for a, b in zip(order[:-1], order[1:])]
+    per_seed = {label: " > ".join(sorted(order, key=lambda m: -s[m])) for label, s in scores.items()}
+    return {"seeds": n, "labels": list(scores), "scores": scores, "modes": modes, "pairs": pairs,
+            "order": list(order), "means_in_order": all(modes[a]["mean"] > modes[b]["mean"]
+                                                         for a, b in zip(order[:-1], order[1:])),
+            "order_reproduced": all(p["standard_errors"] >= 2.0 for p in consecutive),
+            "seeds_in_order": sum(o == " > ".join(order) for o in per_seed.values()), "per_seed_order": per_seed}
+
+
+def summary_markdown(summary: dict) -> str:
+    names = dict(ROWS)
+    order = summary["order"]
+    lines = [f"Over {summary['seeds']} seeds ({', '.join(summary['labels'])}):", "",
+             "| Controller | mean ± s.e. over seeds |", "|---|---|"]
+    lines += [f"| {names[m]} | {summary['modes'][m]['mean']:.1f} ± {summary['modes'][m]['se']:.1f} |" for m in order]
+    lines += ["", "| Paired per seed | mean ± s.e. | standard errors | seeds favouring the first | sign test p |",
+              "|---|---|---|---|---|"]
+    for pair, p in summary["pairs"].items():
+        lines.append(f"| {pair} | {p['mean']:+.1f} ± {p['se']:.1f} | {p['standard_errors']:.1f} | "
+                     f"{p['wins']} of {summary['seeds']} | {p['sign_test_p']:.3f} |")
+    verdict = "reproduced" if summary["order_reproduced"] else "not reproduced"
+    lines += ["", f"The paper's order {' > '.join(order)} is **{verdict}** at two standard errors per consecutive "
+                  f"pair; the means are {'' if summary['means_in_order'] else 'not '}in that order, and "
+                  f"{summary['seeds_in_order']} of {summary['seeds']} seeds show it."]
+    return "\n".join(lines)
+
+
+__all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium", "ROWS",
+           "load_table", "summarize_seeds", "summary_markdown"]
