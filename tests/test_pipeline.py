@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worldmodels_jax.cli import main as wmj
-from worldmodels_jax.configs import get_preset
+from worldmodels_jax.configs import CollectConfig, get_preset
 from worldmodels_jax.errors import CheckpointError, ConfigError, EnvError
 from worldmodels_jax.pipeline import Pipeline
 
@@ -163,10 +163,30 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tiny_run, tmp_
         assert gens == list(range(1, TINY.controller.es.generations + 1))
 
 
+def test_a_run_started_before_a_field_was_added_resumes_and_other_differences_are_named(tiny_run, tmp_path):
+    """A config.json without a field that the code has since gained (at its default) is the same configuration;
+    a changed value or a field the code no longer has is not, and the error names it."""
+    stored = json.loads((tiny_run / "config.json").read_text())
+    assert stored["collect"]["controller_std"] == CollectConfig().controller_std
+    older = tmp_path / "older"
+    older.mkdir()
+    del stored["collect"]["controller_std"]
+    (older / "config.json").write_text(json.dumps(stored))
+    Pipeline(get_preset("tiny"), older, progress=False)  # accepted, and config.json now holds the field
+    assert "controller_std" in json.loads((older / "config.json").read_text())["collect"]
+    with pytest.raises(ConfigError, match=r"collect\.controller_std: 0\.01 -> 0\.5"):
+        Pipeline(dataclasses.replace(get_preset("tiny"), collect=dataclasses.replace(
+            TINY.collect, controller_std=0.5)), older, progress=False)
+    stored["vae"]["retired_option"] = 3
+    (older / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"vae\.retired_option: 3 -> \(no such field\)"):
+        Pipeline(get_preset("tiny"), older, progress=False)
+
+
 def test_clear_errors(tiny_run, tmp_path):
     with pytest.raises(EnvError, match="64×64×3"):
         Pipeline(dataclasses.replace(get_preset("tiny"), env_id="CartPole-v1"), tmp_path / "x", progress=False)
-    with pytest.raises(ConfigError, match="different configuration"):
+    with pytest.raises(ConfigError, match="different configuration .*seed: 0 -> 5"):
         Pipeline(dataclasses.replace(get_preset("tiny"), seed=5), tiny_run, progress=False)
     fresh = Pipeline(get_preset("tiny"), tmp_path / "fresh", progress=False)
     with pytest.raises(Exception, match="collect"):

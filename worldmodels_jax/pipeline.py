@@ -113,6 +113,30 @@ def _config_from_json(payload: dict) -> PipelineConfig:
     })
 
 
+def config_differences(stored: dict, config: PipelineConfig) -> list[str]:
+    """Where a run directory's stored config.json and `config` differ, as 'path: stored -> new' lines. A field
+    that the stored file lacks (added to the code since the run started) counts as its default, so older runs
+    resume and evaluate as long as the new field keeps its default."""
+    current = json.loads(json.dumps(to_jsonable(config)))
+    completed = json.loads(json.dumps(to_jsonable(_config_from_json(stored))))
+    differences = []
+
+    def walk(stored, completed, new, path):
+        if isinstance(new, dict) and isinstance(completed, dict):
+            stored = stored if isinstance(stored, dict) else {}
+            for key in sorted(set(new) | set(stored)):
+                here = f"{path}.{key}" if path else key
+                if key not in new:
+                    differences.append(f"{here}: {stored[key]!r} -> (no such field)")
+                else:
+                    walk(stored.get(key), completed.get(key), new[key], here)
+        elif completed != new:
+            differences.append(f"{path}: {completed!r} -> {new!r}")
+
+    walk(stored, completed, current, "")
+    return differences
+
+
 def load_config(out: str | Path) -> PipelineConfig:
     path = Path(out) / "config.json"
     if not path.exists():
@@ -133,10 +157,11 @@ class Pipeline:
         self.progress = progress
         config_path = self.run.path / "config.json"
         if config_path.exists():
-            previous = json.loads(config_path.read_text())
-            if previous != json.loads(json.dumps(to_jsonable(self.config))):
+            differences = config_differences(json.loads(config_path.read_text()), self.config)
+            if differences:
                 raise ConfigError(
-                    f"{out} holds a run with a different configuration (see {config_path}). Resume it with "
+                    f"{out} holds a run with a different configuration (see {config_path}): "
+                    f"{'; '.join(differences[:5])}{' ...' if len(differences) > 5 else ''}. Resume it with "
                     f"the same settings, or pass a new --out directory."
                 )
         self.run.save_config(self.config)
