@@ -185,13 +185,13 @@ def test_paper_costs_toy_projects_the_presets_units_and_writes_rows_as_it_goes(t
     markdown labels the projections."""
     bench_paper_costs = bench._benchmarks_module("bench_paper_costs")
     out = tmp_path / "costs.json"
-    result = bench_paper_costs.run(preset="tiny", size="toy", peak_flop_per_s=1e10, out=out)
+    result = bench_paper_costs.run(preset="tiny", size="toy", peak_flop_per_s=1e10, modes=("z",), out=out)
     config = get_preset("tiny")
     frames = config.collect.num_envs * config.collect.steps * config.collect.num_shards  # 8 x 40 x 2
     es, episode = config.controller.es, config.controller.max_episode_steps
     expected_units = {"collect": frames, "train-vae": frames * config.train_vae.epochs, "encode": frames,
                       "train-mdn": config.train_mdn.steps}
-    for mode in config.controller.modes:
+    for mode in ("z",):  # one controller keeps the test's compilation short; the preset has z_h and z
         expected_units[f"train-controller-{mode}"] = es.generations * es.population * es.rollouts * episode
         expected_units[f"evaluate-mean-{mode}"] = es.generations // es.eval_every * es.eval_episodes * episode
         expected_units[f"evaluate-{mode}"] = config.evaluate.episodes * config.evaluate.max_episode_steps
@@ -202,7 +202,7 @@ def test_paper_costs_toy_projects_the_presets_units_and_writes_rows_as_it_goes(t
         assert row["projected_s"] == pytest.approx(row["seconds_per_unit"] * row["preset_units"]), name
         if "seconds" in row:
             assert row["seconds_per_unit"] == pytest.approx(row["seconds"] / row["units_timed"]), name
-    assert rows["train-controller-z_h"]["units_timed"] == es.population * es.rollouts * 5  # toy: 5-step episodes
+    assert rows["train-controller-z"]["units_timed"] == es.population * es.rollouts * 5  # toy: 5-step episodes
     assert 0 < rows["evaluate-mean-z"]["mean_episode_length_timed"] <= 5
     assert rows["train-vae"]["fraction_of_matmul_peak"] == pytest.approx(rows["train-vae"]["flop_per_s"] / 1e10)
     assert result["projected_total_s"] == pytest.approx(sum(result["projected_s_by_stage"].values()))
