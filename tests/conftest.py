@@ -9,10 +9,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # - XLA CPU's older fusion code generator (`--xla_cpu_use_fusion_emitters=false`) compiles faster again, and what
 #   it compiles runs about 15 % slower (2026-11-30: tests/test_layers.py 93 -> 70 s, test_pipeline.py 119 -> 82 s,
 #   the TakeCover dream test 109 -> 102 s; that test's programs, cached, ran 50 -> 58 s).
-# Users get XLA's defaults; only the suite sets these.
+# Users get XLA's defaults; only the suite sets these. WMJ_SUITE_XLA_FLAGS=0 leaves XLA_FLAGS alone (the GPU check,
+# benchmarks/device_check.sh, runs another jax, whose XLA might no longer know a flag: an unknown flag is fatal).
 SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "1", "xla_cpu_use_fusion_emitters": "false"}
 for _flag, _value in SUITE_XLA_FLAGS.items():
-    if _flag not in os.environ.get("XLA_FLAGS", ""):
+    if _flag not in os.environ.get("XLA_FLAGS", "") and os.environ.get("WMJ_SUITE_XLA_FLAGS", "1") != "0":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
 
 # Programs that compile in over 0.5 s go to the persistent cache; subprocesses given a cache directory inherit this.
