@@ -221,6 +221,17 @@ def test_paper_costs_toy_projects_the_presets_units_and_writes_rows_as_it_goes(t
         bench_paper_costs.run(preset="tiny", size="huge", peak_flop_per_s=1e10)
 
 
+def test_quick_suite_leaves_out_paper_costs_unless_named(monkeypatch, tmp_path):
+    chosen = []
+    monkeypatch.setattr(bench, "run_suite", lambda names, *args: chosen.append(names) or {"benchmarks": {}})
+    bench.main(["--quick", "--out", str(tmp_path)])
+    bench.main(["--quick", "--only", "paper_costs", "--out", str(tmp_path)])
+    bench.main(["--out", str(tmp_path)])
+    assert "paper_costs" not in chosen[0] and "dream" in chosen[0]
+    assert chosen[1] == ["matmul", "paper_costs"]  # its anchor, the matmul peak, is measured in the same run
+    assert "paper_costs" in chosen[2]
+
+
 def test_device_check_script_parses_and_its_wheels_are_the_versions_installed_here():
     """benchmarks/device_check.sh is valid bash, and `make device-wheels` pins what this environment runs (a lent
     GPU machine has jax, flax, optax, chex and orbax; the rest travels as these wheels)."""
