@@ -113,8 +113,6 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
     from benchmarks.bench_pipeline import EPISODE_STEPS, controller_flops, mdn_step_flops, vae_forward_flops
     from worldmodels_jax.configs import get_preset
     from worldmodels_jax.errors import ConfigError
-    from worldmodels_jax.models.memory import init_memory
-    from worldmodels_jax.models.vae import init_vae
     from worldmodels_jax.pipeline import ENCODE_CHUNK, Pipeline, make_frame_encoder
     from worldmodels_jax.rollouts import WorldModelParams
     from worldmodels_jax.train.mdn import SequenceData, make_mdn_trainer
