@@ -69,7 +69,8 @@ def summarize(paths: list[Path], out: Path | None, overrides: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        tables = {(path.stem if path.suffix == ".json" else path.name): load_table(path) for path in paths}
+        tables = {(path.stem.removeprefix("carracing_table_") if path.suffix == ".json" else path.name):
+                  load_table(path) for path in paths}
         summary = summarize_seeds(tables)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
