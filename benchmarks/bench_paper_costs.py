@@ -206,7 +206,7 @@ def run(preset: str = "carracing-paper", size: str = "quick", peak_flop_per_s: f
         es = ccfg.es
         scale = episode / steps
         for mode in modes:
-            uses_memory = mode in ("z_h", "z_c_h")
+            uses_memory = pipeline.agent(mode).uses_memory  # the rule the pipeline itself applies
             stats = None
             if ccfg.normalize_features:
                 h = pipeline.memory.feature_size
