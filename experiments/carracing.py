@@ -6,10 +6,15 @@ each over 100 random tracks never seen in training, written to <out>/carracing_t
 
     python experiments/carracing.py [--out runs/carracing-cpu-small] [--preset cpu-small] [--quiet] [overrides]
     python experiments/carracing.py --summarize runs/cr-seed*-pop32 [--summary-out FILE.json]
+    python experiments/carracing.py --probe runs/cr-seed13-pop32 [--probe-mode z_h] [--probe-episodes 32]
 
 `--summarize` runs nothing: over finished runs of different seeds (run directories or carracing_table JSON
 files), it prints each controller's mean ± standard error, the paired per-seed differences and whether the paper's
 ordering z + h > z + hidden > z holds at two standard errors.
+
+`--probe` trains nothing: on a finished run, it drives a trained controller over fresh tracks and reports how
+well a linear probe reads the car's speed, yaw rate, steering and throttle from z, from M's h, from both, and
+from two consecutive z's (held-out R²; `carracing_experiment.feature_probe`), into <run>/feature_probe_<mode>.json.
 
 `--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes); `--preset paper` is
 `carracing-paper` (GPU); `--preset paper-cpu` is `carracing-paper-cpu`, the paper's models and settings at
@@ -25,10 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-from worldmodels_jax.carracing_experiment import carracing_table, load_table, summarize_seeds, summary_markdown
+from worldmodels_jax.carracing_experiment import (carracing_table, feature_probe, load_table, probe_markdown,
+                                                  summarize_seeds, summary_markdown)
 from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
 from worldmodels_jax.errors import WMJError
-from worldmodels_jax.pipeline import Pipeline
+from worldmodels_jax.pipeline import Pipeline, load_config
 
 
 def main(argv: list[str], restart_command: list[str] | None = None) -> int:
@@ -40,10 +46,17 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="RUN",
                         help="summarize finished runs over seeds instead of running (run dirs or table JSON files)")
     parser.add_argument("--summary-out", type=Path, default=None, help="with --summarize: also write the JSON here")
+    parser.add_argument("--probe", type=Path, default=None, metavar="RUN",
+                        help="probe a finished run's features for the car's motion instead of running")
+    parser.add_argument("--probe-mode", default="z_h", help="with --probe: the controller that drives")
+    parser.add_argument("--probe-episodes", type=int, default=32, help="with --probe: tracks (half fit, half score)")
+    parser.add_argument("--probe-steps", type=int, default=500, help="with --probe: steps per track")
     add_cpu_devices_option(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
         return summarize(args.summarize, args.summary_out, overrides)
+    if args.probe:
+        return probe(args.probe, args.probe_mode, args.probe_episodes, args.probe_steps, overrides)
     out = args.out or Path("runs") / f"carracing-{args.preset}"
     start = time.perf_counter()
     try:
@@ -79,6 +92,21 @@ def summarize(paths: list[Path], out: Path | None, overrides: list[str]) -> int:
     if out is not None:
         out.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"\nwrote {out}")
+    return 0
+
+
+def probe(run: Path, mode: str, episodes: int, steps: int, overrides: list[str]) -> int:
+    if overrides:
+        print(f"error: --probe takes a run directory and the --probe-* options only; unexpected {' '.join(overrides)}",
+              file=sys.stderr)
+        return 2
+    try:
+        result = feature_probe(Pipeline(load_config(run), run, progress=False), mode, episodes, steps)
+    except WMJError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(probe_markdown(result))
+    print(f"\nwrote {run / f'feature_probe_{mode}.json'} ({result['seconds']:.0f} s of driving)")
     return 0
 
 

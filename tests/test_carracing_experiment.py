@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,18 +86,24 @@ def test_scripted_driver_row_scores_on_the_evaluation_tracks():
         scripted_driver_returns(env, params, jax.random.PRNGKey(0), 0, 60)
 
 
-def _untrained_carracing_run(out):
-    """A CarRacing-v0 run directory holding an untrained V and a 'z' controller: enough for the CLI path."""
+def _untrained_carracing_run(out, modes: tuple[str, ...] = ("z",)):
+    """A CarRacing-v0 run directory holding an untrained V, M (if a mode needs it) and controllers: enough for the
+    CLI paths."""
     from worldmodels_jax.models.controller import init_controller
+    from worldmodels_jax.models.memory import init_memory
     from worldmodels_jax.models.vae import init_vae
     from worldmodels_jax.pipeline import Pipeline
 
     tiny = get_preset("tiny")
-    config = dataclasses.replace(tiny, env_id="CarRacing-v0",
-                                 controller=dataclasses.replace(tiny.controller, modes=("z",), action_mapping="carracing"))
+    config = dataclasses.replace(tiny, env_id="CarRacing-v0", mdn=dataclasses.replace(tiny.mdn, action_size=3),
+                                 controller=dataclasses.replace(tiny.controller, modes=modes, action_mapping="carracing",
+                                                                normalize_features=False))
     pipeline = Pipeline(config, out, progress=False)
     pipeline.run.checkpointer("vae").save(0, init_vae(jax.random.PRNGKey(0), pipeline.config.vae))
-    pipeline.run.checkpointer("controller-z").save(0, init_controller(jax.random.PRNGKey(1), pipeline.controller_config("z")))
+    pipeline.run.checkpointer("mdn").save(0, init_memory(jax.random.PRNGKey(2), pipeline.memory))
+    for i, mode in enumerate(modes):
+        pipeline.run.checkpointer(f"controller-{mode}").save(
+            0, init_controller(jax.random.PRNGKey(3 + i), pipeline.controller_config(mode)))
     return pipeline
 
 
@@ -178,11 +185,17 @@ def test_summary_over_seeds_known_answers(tmp_path):
     assert "**not reproduced**" in summary_markdown(summary)
 
 
-def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
+def _carracing_script():
+    """experiments/carracing.py as a module (it is a script, not part of the package)."""
     script_path = Path(__file__).resolve().parents[1] / "experiments" / "carracing.py"
     spec = importlib.util.spec_from_file_location("carracing_script", script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
+    script = _carracing_script()
     paths = []
     for seed, (z, hidden, h) in enumerate(((100, 200, 300), (110, 190, 330))):
         run = tmp_path / f"run{seed}"
@@ -201,3 +214,79 @@ def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
     assert "at least 2 tables" in capsys.readouterr().err
     assert script.main(["--summarize", str(tmp_path / "missing")]) == 2
     assert "no CarRacing table" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the feature probe
+def test_car_motion_known_answers():
+    from worldmodels_jax.carracing_experiment import car_motion
+
+    env, params = make_env("CarRacing-v0")
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    # angle 0 faces +y, so +y is forward and +x (cos 0, sin 0) is across; angle pi/2 faces -x
+    facing_up = state.replace(angle=jnp.float32(0.0), vel=jnp.array([2.0, 5.0]), ang_vel=jnp.float32(0.3))
+    motion = car_motion(facing_up)
+    np.testing.assert_allclose([motion["forward_speed"], motion["lateral_speed"], motion["yaw_rate"]], [5.0, 2.0, 0.3],
+                               atol=1e-6)
+    facing_left = state.replace(angle=jnp.float32(np.pi / 2), vel=jnp.array([-3.0, 1.0]))
+    motion = car_motion(facing_left)
+    np.testing.assert_allclose([motion["forward_speed"], motion["lateral_speed"]], [3.0, 1.0], atol=1e-6)
+
+
+def test_ridge_r2_known_answers():
+    from worldmodels_jax.carracing_experiment import ridge_r2
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = np.stack([2 * x[:, 0] - x[:, 1] + 5, rng.normal(size=400), x[:, 2] ** 2], -1)
+    r2 = ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=1e-6)
+    assert r2[0] == pytest.approx(1.0, abs=1e-9)  # linear: exact
+    assert -0.1 < r2[1] < 0.02  # independent noise: no better than its mean
+    assert r2[2] < 0.05  # x² is not linear in x (x symmetric about 0)
+    # the ridge shrinks: a heavy one predicts little more than the intercept
+    assert ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=1e6)[0] < 0.1
+    with pytest.raises(ConfigError, match="rows"):
+        ridge_r2(x[:200], y[:100], x[200:], y[200:])
+
+
+def test_probe_r2_splits_whole_episodes_and_reads_a_target_it_is_given():
+    from worldmodels_jax.carracing_experiment import probe_r2
+
+    rng = np.random.default_rng(1)
+    targets = rng.normal(size=(6, 40, 2))
+    use = np.ones((6, 40), bool)
+    use[:, 0] = False
+    # 'parity' is +-1 by episode: fitted on even episodes only it is constant, so it cannot predict anything
+    parity = np.broadcast_to((np.arange(6) % 2 * 2.0 - 1)[:, None, None], (6, 40, 1))
+    features = {"itself": targets, "noise": rng.normal(size=(6, 40, 3)), "parity": parity}
+    r2, fit, score = probe_r2(features, targets, use, ridge=1e-6, target_names=("a", "b"))
+    assert r2["itself"]["a"] == pytest.approx(1.0) and r2["itself"]["b"] == pytest.approx(1.0)
+    assert max(r2["noise"].values()) < 0.05 and max(r2["parity"].values()) < 0.05
+    assert fit.sum() == score.sum() == 3 * 39 and not (fit & score).any() and not fit[1].any()
+    with pytest.raises(ConfigError, match="too few probe steps"):
+        probe_r2(features, targets, np.zeros_like(use), target_names=("a", "b"))
+
+
+def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
+    from worldmodels_jax.carracing_experiment import PROBE_FEATURES, PROBE_TARGETS, feature_probe
+
+    out = tmp_path / "run"
+    pipeline = _untrained_carracing_run(out, modes=("z", "z_h"))
+    result = feature_probe(pipeline, "z_h", episodes=4, max_steps=12)
+    assert list(result["r2"]) == list(PROBE_FEATURES)
+    assert all(set(row) == set(PROBE_TARGETS) and all(v <= 1.0 for v in row.values()) for row in result["r2"].values())
+    assert result["steps_fit"] <= 2 * 11 and result["steps_scored"] <= 2 * 11  # each episode's first step is left out
+    assert 0.0 <= result["target_mean"]["gas"] <= 1.0 and abs(result["target_mean"]["steer"]) <= 0.4 + 1e-6
+    assert json.loads((out / "feature_probe_z_h.json").read_text())["r2"] == result["r2"]
+    again = feature_probe(pipeline, "z_h", episodes=4, max_steps=12)  # keys from the run's seed: deterministic
+    assert again["r2"] == result["r2"]
+    with pytest.raises(ConfigError, match="was not trained"):
+        feature_probe(pipeline, "z_hidden", episodes=4, max_steps=12)
+    with pytest.raises(ConfigError, match="episodes >= 2"):
+        feature_probe(pipeline, "z", episodes=1, max_steps=12)
+
+    script = _carracing_script()
+    assert script.main(["--probe", str(out), "--probe-mode", "z", "--probe-episodes", "4", "--probe-steps", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "| z, previous z |" in printed and "forward_speed" in printed and (out / "feature_probe_z.json").exists()
+    assert script.main(["--probe", str(out), "--probe-mode", "z_hidden"]) == 2
+    assert "was not trained" in capsys.readouterr().err

@@ -163,6 +163,136 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
     return payload
 
 
+PROBE_TARGETS = ("forward_speed", "lateral_speed", "yaw_rate", "steer", "gas")
+"""Car quantities a frame does not show: speed along and across the heading, yaw rate, the steering joint's
+angle (the sprite's front wheels are drawn straight) and the throttle actually applied."""
+PROBE_FEATURES = ("z", "h", "z + h", "z, previous z")
+
+
+def car_motion(state) -> dict:
+    """`PROBE_TARGETS` of one CarRacing `EnvState` (the car faces (-sin, cos)(angle))."""
+    forward = jnp.stack([-jnp.sin(state.angle), jnp.cos(state.angle)])
+    side = jnp.stack([jnp.cos(state.angle), jnp.sin(state.angle)])
+    return {"forward_speed": state.vel @ forward, "lateral_speed": state.vel @ side, "yaw_rate": state.ang_vel,
+            "steer": state.steer, "gas": state.gas}
+
+
+def ridge_r2(train_x, train_y, test_x, test_y, ridge: float = 1.0) -> np.ndarray:
+    """Held-out R² of a ridge regression per column of y (features standardised on the training rows).
+
+    R² = 1 − SSE / SST on the test rows, SST about the test mean: 0 is no better than a constant, 1 is exact.
+    """
+    train_x, train_y = np.asarray(train_x, np.float64), np.asarray(train_y, np.float64)
+    test_x, test_y = np.asarray(test_x, np.float64), np.asarray(test_y, np.float64)
+    if train_x.ndim != 2 or train_y.ndim != 2 or len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise ConfigError(f"ridge_r2 needs [n, features] and [n, targets] rows; got {train_x.shape}, "
+                          f"{train_y.shape}, {test_x.shape}, {test_y.shape}")
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-8
+    x = np.concatenate([(train_x - mean) / std, np.ones((len(train_x), 1))], 1)
+    penalty = ridge * np.eye(x.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    weights = np.linalg.solve(x.T @ x + penalty, x.T @ train_y)
+    prediction = np.concatenate([(test_x - mean) / std, np.ones((len(test_x), 1))], 1) @ weights
+    sse = ((test_y - prediction) ** 2).sum(0)
+    sst = ((test_y - test_y.mean(0)) ** 2).sum(0)
+    return 1.0 - sse / np.maximum(sst, 1e-12)
+
+
+def probe_r2(features: dict, targets, use, ridge: float = 1.0, target_names: tuple[str, ...] = PROBE_TARGETS):
+    """`{feature set: {target: held-out R²}}` over [episodes, steps, ...] arrays: fitted on the steps `use` marks in
+    even episodes, scored on those of odd episodes (whole episodes apart, so neighbouring steps never straddle the
+    split). Returns (r2, fit mask, score mask)."""
+    targets, use = np.asarray(targets), np.asarray(use, bool)
+    if use.ndim != 2 or targets.shape[:2] != use.shape or targets.shape[-1] != len(target_names):
+        raise ConfigError(f"probe_r2 needs targets [episodes, steps, {len(target_names)}] and use [episodes, steps]; "
+                          f"got {targets.shape} and {use.shape}")
+    parity = (np.arange(use.shape[0]) % 2)[:, None]
+    fit, score = use & (parity == 0), use & (parity == 1)
+    if fit.sum() < 10 or score.sum() < 10:
+        raise ConfigError(f"too few probe steps ({int(fit.sum())} to fit, {int(score.sum())} to score): the "
+                          "episodes ended at once; use more episodes or a controller that drives")
+    r2 = {name: dict(zip(target_names, map(float, ridge_r2(x[fit], targets[fit], x[score], targets[score], ridge))))
+          for name, x in features.items()}
+    return r2, fit, score
+
+
+def feature_probe(pipeline, mode: str = "z_h", episodes: int = 32, max_steps: int = 500, ridge: float = 1.0) -> dict:
+    """How well each controller input predicts the car's motion, on the states controller `mode` drives into.
+
+    Controller `mode` drives `episodes` random tracks (keys from the run's 'feature-probe' key, not the evaluate
+    stage's) for up to `max_steps` steps. Every step records V's μ (z), M's features h (M stepped on μ and the
+    action taken, as the z + h controller sees them), the previous step's z, and `PROBE_TARGETS`. A ridge
+    regression per feature set (`PROBE_FEATURES`) is fitted on the even episodes and scored (R²) on the odd ones;
+    each episode's first step, which has no previous z, is left out. C is linear in its inputs, so a linear
+    probe's R² is what C can read from them. Writes feature_probe_<mode>.json into the run directory.
+    """
+    from worldmodels_jax.envs.carracing import CarRacing
+    from worldmodels_jax.models.vae import ConvVAE, for_inference
+
+    if not isinstance(pipeline.env, CarRacing):
+        raise ConfigError(f"the feature probe reads CarRacing's car state; the run uses {pipeline.config.env_id}")
+    if mode not in pipeline.config.controller.modes:
+        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
+                          f"{', '.join(pipeline.config.controller.modes)}")
+    if not isinstance(episodes, (int, np.integer)) or episodes < 2 or max_steps < 2:
+        raise ConfigError(f"the probe needs episodes >= 2 (half to fit, half to score) and max_steps >= 2; "
+                          f"got {episodes!r}, {max_steps!r}")
+    env, env_params = pipeline.env, pipeline.env_params
+    agent = pipeline.agent(mode)
+    drive_wm = pipeline.world_model_params(agent.uses_memory)
+    c_params = pipeline.controller_params(mode)
+    vae_params, memory_params = pipeline.vae_params(), pipeline.memory_params()
+    encoder, memory, encode_action = for_inference(pipeline.vae), pipeline.memory, pipeline.action_encoder
+
+    def episode(key):
+        reset_key, run_key = jax.random.split(key)
+        obs, state = env.reset(reset_key, env_params)
+        carry = (obs, state, agent.init_carry(drive_wm), memory.apply({"params": memory_params}, method="initial_carry"),
+                 jnp.zeros(pipeline.config.vae.z_size), jnp.array(True), jnp.array(True))
+
+        def step(carry, t):
+            obs, state, drive_carry, probe_carry, previous_z, alive, first = carry
+            act_key, env_key = jax.random.split(jax.random.fold_in(run_key, t))
+            z, _ = encoder.apply({"params": vae_params}, obs, method=ConvVAE.encode)
+            h = jnp.where(first, 0.0, probe_carry.h)
+            action, drive_carry = agent.act(drive_wm, c_params, drive_carry, obs, first, act_key)
+            probe_carry, _, _ = memory.apply({"params": memory_params}, probe_carry, z, encode_action(action), first,
+                                             method="step")
+            record = {"z": z, "h": h, "previous_z": previous_z, "use": alive & ~first, **car_motion(state)}
+            obs, state, _, terminated, truncated, _ = env.step(env_key, state, action, env_params)
+            alive = alive & ~(terminated | truncated)
+            return (obs, state, drive_carry, probe_carry, z, alive, jnp.array(False)), record
+
+        _, records = jax.lax.scan(step, carry, jnp.arange(max_steps))
+        return records
+
+    keys = jax.random.split(pipeline.key("feature-probe"), episodes)
+    start = time.perf_counter()
+    records = jax.device_get(jax.jit(jax.vmap(episode))(keys))
+    seconds = time.perf_counter() - start
+    parts = {"z": (records["z"],), "h": (records["h"],), "z + h": (records["z"], records["h"]),
+             "z, previous z": (records["z"], records["previous_z"])}
+    features = {name: np.concatenate(parts[name], -1) for name in PROBE_FEATURES}
+    targets = np.stack([records[name] for name in PROBE_TARGETS], -1)
+    use = np.asarray(records["use"], bool)
+    r2, fit, score = probe_r2(features, targets, use, ridge)
+    payload = {"mode": mode, "episodes": episodes, "max_steps": max_steps, "ridge": ridge,
+               "steps_fit": int(fit.sum()), "steps_scored": int(score.sum()), "r2": r2,
+               "target_std": dict(zip(PROBE_TARGETS, map(float, targets[use].std(0)))),
+               "target_mean": dict(zip(PROBE_TARGETS, map(float, targets[use].mean(0)))), "seconds": seconds}
+    write_json_atomic(Path(pipeline.run.path) / f"feature_probe_{mode}.json", payload)
+    return payload
+
+
+def probe_markdown(probe: dict) -> str:
+    lines = [f"Held-out R² of a linear probe, on the states controller {probe['mode']} drives into "
+             f"({probe['steps_fit']} steps fitted, {probe['steps_scored']} scored, {probe['episodes']} tracks):", "",
+             "| Features | " + " | ".join(PROBE_TARGETS) + " |", "|---|" + "---|" * len(PROBE_TARGETS)]
+    for name, row in probe["r2"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[t]:.2f}" for t in PROBE_TARGETS) + " |")
+    lines.append("| (target std) | " + " | ".join(f"{probe['target_std'][t]:.3g}" for t in PROBE_TARGETS) + " |")
+    return "\n".join(lines)
+
 def load_table(out: str | Path) -> dict:
     """A finished run's table: `out` is its run directory or a carracing_table JSON file."""
     path = Path(out)
@@ -242,4 +372,5 @@ def summary_markdown(summary: dict) -> str:
 
 
 __all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium", "ROWS",
-           "load_table", "summarize_seeds", "summary_markdown"]
+           "load_table", "summarize_seeds", "summary_markdown", "feature_probe", "probe_markdown", "probe_r2", "ridge_r2",
+           "car_motion", "PROBE_TARGETS", "PROBE_FEATURES"]
