@@ -6,7 +6,8 @@ each over 100 random tracks never seen in training, written to <out>/carracing_t
 
     python experiments/carracing.py [--out runs/carracing-cpu-small] [--preset cpu-small] [--quiet] [overrides]
     python experiments/carracing.py --summarize runs/cr-seed*-pop32 [--summary-out FILE.json]
-    python experiments/carracing.py --probe runs/cr-seed13-pop32 [--probe-mode z_h] [--probe-episodes 32]
+    python experiments/carracing.py --probe runs/cr-seed13-pop32 [--probe-mode z_h] [--probe-episodes 64]
+    python experiments/carracing.py --oracle runs/cr-seed13-pop32 [--oracle-mode z] [--oracle-generations 180]
 
 `--summarize` runs nothing: over finished runs of different seeds (run directories or carracing_table JSON
 files), it prints each controller's mean ± standard error, the paired per-seed differences and whether the paper's
@@ -14,7 +15,12 @@ ordering z + h > z + hidden > z holds at two standard errors.
 
 `--probe` trains nothing: on a finished run, it drives a trained controller over fresh tracks and reports how
 well a linear probe reads the car's speed, yaw rate, steering and throttle from z, from M's h, from both, and
-from two consecutive z's (held-out R²; `carracing_experiment.feature_probe`), into <run>/feature_probe_<mode>.json.
+from two consecutive z's (held-out R²; `carracing_diagnostics.feature_probe`), and how its episodes ended, into
+<run>/feature_probe_<mode>.json. `--probe-mode scripted` drives with the scripted driver.
+
+`--oracle` trains a controller on the car's true state (speed, yaw rate, steering, throttle, position and heading on
+the road, the curve ahead) with the run's ES budget, and scores it on the table's 100 tracks
+(`carracing_diagnostics.train_state_oracle`), into <run>/state_oracle_<mode>.json.
 
 `--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes); `--preset paper` is
 `carracing-paper` (GPU); `--preset paper-cpu` is `carracing-paper-cpu`, the paper's models and settings at
@@ -30,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from worldmodels_jax.carracing_experiment import (carracing_table, feature_probe, load_table, probe_markdown,
-                                                  summarize_seeds, summary_markdown)
+from worldmodels_jax.carracing_diagnostics import feature_probe, probe_markdown, train_state_oracle
+from worldmodels_jax.carracing_experiment import carracing_table, load_table, summarize_seeds, summary_markdown
 from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
 from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline, load_config
@@ -49,14 +55,21 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     parser.add_argument("--probe", type=Path, default=None, metavar="RUN",
                         help="probe a finished run's features for the car's motion instead of running")
     parser.add_argument("--probe-mode", default="z_h", help="with --probe: the controller that drives")
-    parser.add_argument("--probe-episodes", type=int, default=32, help="with --probe: tracks (half fit, half score)")
-    parser.add_argument("--probe-steps", type=int, default=500, help="with --probe: steps per track")
+    parser.add_argument("--probe-episodes", type=int, default=64, help="with --probe: tracks (half fit, half score)")
+    parser.add_argument("--probe-steps", type=int, default=1000, help="with --probe: steps per track")
+    parser.add_argument("--oracle", type=Path, default=None, metavar="RUN",
+                        help="train a controller on the car's true state at a finished run's ES budget")
+    parser.add_argument("--oracle-mode", default="z", help="with --oracle: 'z' (linear) or 'z_hidden'")
+    parser.add_argument("--oracle-generations", type=int, default=None,
+                        help="with --oracle: ES generations (default: the run's)")
     add_cpu_devices_option(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
         return summarize(args.summarize, args.summary_out, overrides)
     if args.probe:
         return probe(args.probe, args.probe_mode, args.probe_episodes, args.probe_steps, overrides)
+    if args.oracle:
+        return oracle(args.oracle, args.oracle_mode, args.oracle_generations, overrides)
     out = args.out or Path("runs") / f"carracing-{args.preset}"
     start = time.perf_counter()
     try:
@@ -107,6 +120,24 @@ def probe(run: Path, mode: str, episodes: int, steps: int, overrides: list[str])
         return 2
     print(probe_markdown(result))
     print(f"\nwrote {run / f'feature_probe_{mode}.json'} ({result['seconds']:.0f} s of driving)")
+    return 0
+
+
+def oracle(run: Path, mode: str, generations: int | None, overrides: list[str]) -> int:
+    if overrides:
+        print(f"error: --oracle takes a run directory and the --oracle-* options only; unexpected "
+              f"{' '.join(overrides)}", file=sys.stderr)
+        return 2
+    try:
+        result = train_state_oracle(Pipeline(load_config(run), run, progress=False), mode, generations)
+    except WMJError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    curve = ", ".join(f"{c['generation']}: {c['eval_mean']:.0f}" for c in result["curve"])
+    print(f"State oracle ({mode}, {result['generations']} generations of {result['population']} x "
+          f"{result['rollouts']} rollouts, {result['max_episode_steps']}-step episodes): {result['mean']:.1f} ± "
+          f"{result['std']:.1f} over {result['episodes']} tracks; training evaluations {curve}")
+    print(f"wrote {run / f'state_oracle_{mode}.json'} ({result['seconds']:.0f} s)")
     return 0
 
 

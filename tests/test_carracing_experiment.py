@@ -1,4 +1,5 @@
-"""The CarRacing experiment: its preset, exploration data, the scripted-driver row, and `wmj evaluate --gymnasium`."""
+"""The CarRacing experiment: its preset, exploration data, the scripted-driver row, `wmj evaluate --gymnasium`, the
+summary over seeds and the diagnostics (feature probe, episode outcomes, state oracle)."""
 
 from __future__ import annotations
 
@@ -218,7 +219,7 @@ def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ the feature probe
 def test_car_motion_known_answers():
-    from worldmodels_jax.carracing_experiment import car_motion
+    from worldmodels_jax.carracing_diagnostics import car_motion
 
     env, params = make_env("CarRacing-v0")
     _, state = env.reset(jax.random.PRNGKey(0), params)
@@ -232,24 +233,61 @@ def test_car_motion_known_answers():
     np.testing.assert_allclose([motion["forward_speed"], motion["lateral_speed"]], [3.0, 1.0], atol=1e-6)
 
 
+def test_road_pose_known_answers():
+    from worldmodels_jax.carracing_diagnostics import CURVE_AHEAD_TILES, road_pose
+
+    env, params = make_env("CarRacing-v0")
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    # a road along +y for 20 points, then turning left by 0.2 rad per point
+    headings = np.where(np.arange(40) < 20, 0.0, 0.2 * (np.arange(40) - 19))
+    steps = np.stack([-np.sin(headings), np.cos(headings)], -1) * 3.0
+    points = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, 0)[:-1]])
+    track = np.zeros(state.track.shape, np.float32)
+    track[:40, 2:4] = points
+    straight = state.replace(track=jnp.asarray(track), n_tiles=jnp.int32(40), pos=jnp.array([1.0, 9.1]),
+                             angle=jnp.float32(0.1))
+    pose = road_pose(straight)  # 1 unit right of the centre line, turned 0.1 rad left, a straight road ahead
+    np.testing.assert_allclose([pose["centre_offset"], pose["heading_error"], pose["curve_ahead"]], [-1.0, 0.1, 0.0],
+                               atol=1e-5)
+    before_turn = straight.replace(pos=jnp.array([0.0, 3.0 * (19 - CURVE_AHEAD_TILES + 3)]))
+    # nearest point 12: the road CURVE_AHEAD_TILES on is point 22's, which has turned 0.2 * 3 = 0.6 rad left
+    np.testing.assert_allclose(road_pose(before_turn)["curve_ahead"], 0.6, atol=1e-5)
+
+
 def test_ridge_r2_known_answers():
-    from worldmodels_jax.carracing_experiment import ridge_r2
+    from worldmodels_jax.carracing_diagnostics import ridge_r2
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 3))
     y = np.stack([2 * x[:, 0] - x[:, 1] + 5, rng.normal(size=400), x[:, 2] ** 2], -1)
-    r2 = ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=1e-6)
+    r2 = ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=1e-9)
     assert r2[0] == pytest.approx(1.0, abs=1e-9)  # linear: exact
     assert -0.1 < r2[1] < 0.02  # independent noise: no better than its mean
     assert r2[2] < 0.05  # x² is not linear in x (x symmetric about 0)
     # the ridge shrinks: a heavy one predicts little more than the intercept
-    assert ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=1e6)[0] < 0.1
+    assert ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=1e3)[0] < 0.1
+    # one ridge per target: the same as fitting each target alone
+    per_target = ridge_r2(x[:200], y[:200], x[200:], y[200:], ridge=[1e-9, 1e3, 1.0])
+    np.testing.assert_allclose(per_target, [ridge_r2(x[:200], y[:200, [i]], x[200:], y[200:, [i]], r)[0]
+                                            for i, r in enumerate((1e-9, 1e3, 1.0))])
     with pytest.raises(ConfigError, match="rows"):
         ridge_r2(x[:200], y[:100], x[200:], y[200:])
 
 
+def test_choose_ridge_shrinks_noisy_targets_and_not_exact_ones():
+    from worldmodels_jax.carracing_diagnostics import RIDGE_GRID, choose_ridge
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 40))  # 40 features for 120 rows: plain least squares overfits
+    y = np.stack([x[:, 0] - x[:, 1], 0.3 * x[:, 0] + rng.normal(size=120)], -1)
+    ridge = choose_ridge(x, y, groups=np.arange(120) // 10)
+    assert ridge[0] == min(RIDGE_GRID) and ridge[1] > 0.01
+    with pytest.raises(ConfigError, match="at least 2 groups"):
+        choose_ridge(x, y, groups=np.zeros(120))
+
+
 def test_probe_r2_splits_whole_episodes_and_reads_a_target_it_is_given():
-    from worldmodels_jax.carracing_experiment import probe_r2
+    from worldmodels_jax.carracing_diagnostics import RIDGE_GRID, probe_r2
 
     rng = np.random.default_rng(1)
     targets = rng.normal(size=(6, 40, 2))
@@ -258,16 +296,40 @@ def test_probe_r2_splits_whole_episodes_and_reads_a_target_it_is_given():
     # 'parity' is +-1 by episode: fitted on even episodes only it is constant, so it cannot predict anything
     parity = np.broadcast_to((np.arange(6) % 2 * 2.0 - 1)[:, None, None], (6, 40, 1))
     features = {"itself": targets, "noise": rng.normal(size=(6, 40, 3)), "parity": parity}
-    r2, fit, score = probe_r2(features, targets, use, ridge=1e-6, target_names=("a", "b"))
+    r2, ridges, fit, score = probe_r2(features, targets, use, target_names=("a", "b"))
     assert r2["itself"]["a"] == pytest.approx(1.0) and r2["itself"]["b"] == pytest.approx(1.0)
     assert max(r2["noise"].values()) < 0.05 and max(r2["parity"].values()) < 0.05
     assert fit.sum() == score.sum() == 3 * 39 and not (fit & score).any() and not fit[1].any()
+    assert ridges["itself"]["a"] == min(RIDGE_GRID)  # cross-validation prefers no shrinkage for an exact fit
     with pytest.raises(ConfigError, match="too few probe steps"):
         probe_r2(features, targets, np.zeros_like(use), target_names=("a", "b"))
 
 
+def test_episode_outcomes_known_answers():
+    from worldmodels_jax.carracing_diagnostics import episode_outcomes
+
+    steps = 5
+    alive = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
+    reward = np.full((3, steps), 2.0)
+    lap = np.zeros((3, steps), bool)
+    lap[0, 2] = True  # episode 0 finishes its lap on its last step
+    lap[2, 4] = True  # after episode 2 ended: not counted
+    off = np.zeros((3, steps), bool)
+    off[2, 1] = True  # episode 2 leaves the playfield on its last step
+    tiles = np.tile(np.linspace(0.2, 1.0, steps), (3, 1))
+    speed = np.tile(np.arange(steps, dtype=float), (3, 1))
+    on_road = np.tile([True, False, True, True, False], (3, 1))
+    o = episode_outcomes({"alive": alive, "reward": reward, "lap": lap, "off": off, "tiles": tiles,
+                          "forward_speed": speed, "on_road": on_road})
+    assert o["returns"] == [6.0, 10.0, 4.0]
+    assert (o["lap_finished"], o["off_playfield"], o["out_of_steps"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert o["tiles_visited"] == pytest.approx((0.6 + 1.0 + 0.4) / 3)
+    assert o["steps_mean"] == pytest.approx(10 / 3) and o["forward_speed_mean"] == pytest.approx((1 + 2 + 0.5) / 3)
+    assert o["on_road"] == pytest.approx((2 / 3 + 3 / 5 + 1 / 2) / 3)
+
+
 def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
-    from worldmodels_jax.carracing_experiment import PROBE_FEATURES, PROBE_TARGETS, feature_probe
+    from worldmodels_jax.carracing_diagnostics import PROBE_FEATURES, PROBE_TARGETS, feature_probe
 
     out = tmp_path / "run"
     pipeline = _untrained_carracing_run(out, modes=("z", "z_h"))
@@ -277,10 +339,16 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     assert result["steps_fit"] <= 2 * 11 and result["steps_scored"] <= 2 * 11  # each episode's first step is left out
     assert 0.0 <= result["target_mean"]["gas"] <= 1.0 and abs(result["target_mean"]["steer"]) <= 0.4 + 1e-6
     assert json.loads((out / "feature_probe_z_h.json").read_text())["r2"] == result["r2"]
+    outcomes = result["outcomes"]
+    assert outcomes["lap_finished"] + outcomes["off_playfield"] + outcomes["out_of_steps"] == pytest.approx(1.0)
+    assert len(outcomes["returns"]) == 4 and outcomes["steps_mean"] <= 12
     again = feature_probe(pipeline, "z_h", episodes=4, max_steps=12)  # keys from the run's seed: deterministic
     assert again["r2"] == result["r2"]
     with pytest.raises(ConfigError, match="was not trained"):
         feature_probe(pipeline, "z_hidden", episodes=4, max_steps=12)
+    # the scripted driver stays on the road and is faster than an untrained controller
+    driver = feature_probe(pipeline, "scripted", episodes=4, max_steps=60)["outcomes"]
+    assert driver["on_road"] == 1.0 and driver["tiles_visited"] > 0.025 and driver["forward_speed_mean"] > 10
     with pytest.raises(ConfigError, match="episodes >= 2"):
         feature_probe(pipeline, "z", episodes=1, max_steps=12)
 
@@ -290,3 +358,33 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     assert "| z, previous z |" in printed and "forward_speed" in printed and (out / "feature_probe_z.json").exists()
     assert script.main(["--probe", str(out), "--probe-mode", "z_hidden"]) == 2
     assert "was not trained" in capsys.readouterr().err
+
+
+def test_state_oracle_reads_the_true_state_and_trains_at_the_runs_budget(tmp_path, capsys):
+    from worldmodels_jax.carracing_diagnostics import (PROBE_TARGETS, StateOracleCarRacing, car_motion, road_pose,
+                                                       train_state_oracle, true_state_features)
+
+    env, params = make_env("CarRacing-v0")
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    _, state, *_ = env.step(jax.random.PRNGKey(1), state, jnp.array([0.3, 1.0, 0.0]), params)
+    expected = {**car_motion(state), **road_pose(state)}
+    np.testing.assert_allclose(true_state_features(state), [expected[name] for name in PROBE_TARGETS], rtol=1e-6)
+    mean, std = tuple(range(8)), tuple(range(1, 9))
+    np.testing.assert_allclose(StateOracleCarRacing(env, mean, std).observation_of_state(state),
+                               (np.asarray(true_state_features(state)) - np.arange(8)) / np.arange(1, 9), rtol=1e-5)
+
+    out = tmp_path / "run"
+    pipeline = _untrained_carracing_run(out)
+    result = train_state_oracle(pipeline, "z", generations=2)
+    es = pipeline.config.controller.es
+    assert result["generations"] == 2 and [c["generation"] for c in result["curve"]] == [es.eval_every]
+    assert result["episodes"] == pipeline.config.evaluate.episodes and np.isfinite(result["mean"])
+    assert json.loads((out / "state_oracle_z.json").read_text())["mean"] == result["mean"]
+    assert train_state_oracle(pipeline, "z", generations=2)["mean"] == result["mean"]  # the run's keys: repeatable
+    with pytest.raises(ConfigError, match="'z' \\(linear\\) or 'z_hidden'"):
+        train_state_oracle(pipeline, "z_h")
+    script = _carracing_script()
+    assert script.main(["--oracle", str(out), "--oracle-generations", "2"]) == 0
+    assert "State oracle (z, 2 generations" in capsys.readouterr().out
+    assert script.main(["--oracle", str(out), "--oracle-generations", "0"]) == 2
+    assert "generations must be >= 1" in capsys.readouterr().err

@@ -104,6 +104,8 @@ class Agent:
             return self.controller.apply({"params": c_params}, z, h, c)
 
         if self.obs_kind == "features":
+            if not self.uses_memory:  # C reads z alone: the observation may be just z
+                return self.mapping(controller(obs[..., :self.z_size], None, None)), carry
             z, h, c = jnp.split(obs, [self.z_size, self.z_size + self.feature_size])
             return self.mapping(controller(z, h, c)), carry
         mu, logvar = for_inference(self.vae).apply({"params": wm_params.vae}, obs, method=ConvVAE.encode)
