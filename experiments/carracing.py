@@ -8,6 +8,7 @@ each over 100 random tracks never seen in training, written to <out>/carracing_t
     python experiments/carracing.py --summarize runs/cr-seed*-pop32 [--summary-out FILE.json]
     python experiments/carracing.py --probe runs/cr-seed13-pop32 [--probe-mode z_h] [--probe-episodes 64]
     python experiments/carracing.py --oracle runs/cr-seed13-pop32 [--oracle-mode z] [--oracle-generations 180]
+        [--oracle-strategy SNES] [--oracle-es-seed 1]
 
 `--summarize` runs nothing: over finished runs of different seeds (run directories or carracing_table JSON
 files), it prints each controller's mean ± standard error, the paired per-seed differences and whether the paper's
@@ -20,7 +21,8 @@ from two consecutive z's (held-out R²; `carracing_diagnostics.feature_probe`), 
 
 `--oracle` trains a controller on the car's true state (speed, yaw rate, steering, throttle, position and heading on
 the road, the curve ahead) with the run's ES budget, and scores it on the table's 100 tracks
-(`carracing_diagnostics.train_state_oracle`), into <run>/state_oracle_<mode>.json.
+(`carracing_diagnostics.train_state_oracle`), into <run>/state_oracle_<mode>_<strategy>_g<generations>_s<seed>.json;
+`--oracle-strategy` and `--oracle-es-seed` ask how much the search itself varies.
 
 `--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes); `--preset paper` is
 `carracing-paper` (GPU); `--preset paper-cpu` is `carracing-paper-cpu`, the paper's models and settings at
@@ -62,6 +64,8 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     parser.add_argument("--oracle-mode", default="z", help="with --oracle: 'z' (linear) or 'z_hidden'")
     parser.add_argument("--oracle-generations", type=int, default=None,
                         help="with --oracle: ES generations (default: the run's)")
+    parser.add_argument("--oracle-strategy", default=None, help="with --oracle: evosax strategy (default: the run's)")
+    parser.add_argument("--oracle-es-seed", type=int, default=0, help="with --oracle: > 0 draws other ES keys")
     add_cpu_devices_option(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
@@ -69,7 +73,8 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     if args.probe:
         return probe(args.probe, args.probe_mode, args.probe_episodes, args.probe_steps, overrides)
     if args.oracle:
-        return oracle(args.oracle, args.oracle_mode, args.oracle_generations, overrides)
+        return oracle(args.oracle, args.oracle_mode, args.oracle_generations, args.oracle_strategy,
+                      args.oracle_es_seed, overrides)
     out = args.out or Path("runs") / f"carracing-{args.preset}"
     start = time.perf_counter()
     try:
@@ -123,21 +128,23 @@ def probe(run: Path, mode: str, episodes: int, steps: int, overrides: list[str])
     return 0
 
 
-def oracle(run: Path, mode: str, generations: int | None, overrides: list[str]) -> int:
+def oracle(run: Path, mode: str, generations: int | None, strategy: str | None, es_seed: int,
+           overrides: list[str]) -> int:
     if overrides:
         print(f"error: --oracle takes a run directory and the --oracle-* options only; unexpected "
               f"{' '.join(overrides)}", file=sys.stderr)
         return 2
     try:
-        result = train_state_oracle(Pipeline(load_config(run), run, progress=False), mode, generations)
+        result = train_state_oracle(Pipeline(load_config(run), run, progress=False), mode, generations, strategy, es_seed)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     curve = ", ".join(f"{c['generation']}: {c['eval_mean']:.0f}" for c in result["curve"])
-    print(f"State oracle ({mode}, {result['generations']} generations of {result['population']} x "
+    print(f"State oracle ({mode}, {result['strategy']}, ES seed {result['es_seed']}, {result['generations']} "
+          f"generations of {result['population']} x "
           f"{result['rollouts']} rollouts, {result['max_episode_steps']}-step episodes): {result['mean']:.1f} ± "
           f"{result['std']:.1f} over {result['episodes']} tracks; training evaluations {curve}")
-    print(f"wrote {run / f'state_oracle_{mode}.json'} ({result['seconds']:.0f} s)")
+    print(f"wrote {result['path']} ({result['seconds']:.0f} s)")
     return 0
 
 

@@ -379,12 +379,16 @@ def test_state_oracle_reads_the_true_state_and_trains_at_the_runs_budget(tmp_pat
     es = pipeline.config.controller.es
     assert result["generations"] == 2 and [c["generation"] for c in result["curve"]] == [es.eval_every]
     assert result["episodes"] == pipeline.config.evaluate.episodes and np.isfinite(result["mean"])
-    assert json.loads((out / "state_oracle_z.json").read_text())["mean"] == result["mean"]
+    assert json.loads((out / f"state_oracle_z_{es.strategy}_g2_s0.json").read_text())["mean"] == result["mean"]
     assert train_state_oracle(pipeline, "z", generations=2)["mean"] == result["mean"]  # the run's keys: repeatable
+    other = train_state_oracle(pipeline, "z", generations=2, strategy="SNES", es_seed=1)
+    assert other["strategy"] == "SNES" and other["path"].endswith("state_oracle_z_SNES_g2_s1.json")
+    with pytest.raises(ConfigError, match="unknown evolution strategy"):
+        train_state_oracle(pipeline, "z", generations=2, strategy="CMA")
     with pytest.raises(ConfigError, match="'z' \\(linear\\) or 'z_hidden'"):
         train_state_oracle(pipeline, "z_h")
     script = _carracing_script()
     assert script.main(["--oracle", str(out), "--oracle-generations", "2"]) == 0
-    assert "State oracle (z, 2 generations" in capsys.readouterr().out
+    assert "State oracle (z, CMA_ES, ES seed 0, 2 generations" in capsys.readouterr().out
     assert script.main(["--oracle", str(out), "--oracle-generations", "0"]) == 2
     assert "generations must be >= 1" in capsys.readouterr().err

@@ -308,7 +308,8 @@ def state_feature_stats(env, env_params, key: jax.Array, episodes: int = 32, ste
     return tuple(map(float, features.mean(0))), tuple(map(float, features.std(0) + 1e-6))
 
 
-def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None) -> dict:
+def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None, strategy: str | None = None,
+                       es_seed: int = 0) -> dict:
     """A controller on the car's true state (`true_state_features`), trained with the run's ES settings.
 
     The same CMA-ES budget as the run's controller stage (population, rollouts, generations, training episode cap,
@@ -316,7 +317,9 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
     h). `mode` 'z' is a linear controller on them, 'z_hidden' adds the 40-unit hidden layer. It is then scored
     on the evaluate stage's tracks, as the table's rows are. If it drives far better than the run's controllers
     at the same budget, their limit is what V and M give C, not the search; if not, it is the search.
-    Writes state_oracle_<mode>.json into the run directory.
+    `generations` and `strategy` (any evosax name) override the run's; `es_seed` > 0 draws other ES keys (the
+    evaluation tracks stay the table's). Writes state_oracle_<mode>_<strategy>_g<generations>_s<es_seed>.json into
+    the run directory; the payload's 'path' names it.
     """
     from worldmodels_jax.envs.carracing import CarRacing
     from worldmodels_jax.evolution import make_evolution
@@ -329,10 +332,14 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
         raise ConfigError(f"the state oracle's controller is 'z' (linear) or 'z_hidden' (one hidden layer), "
                           f"got {mode!r}")
     ccfg, evaluate_cfg = pipeline.config.controller, pipeline.config.evaluate
-    es = ccfg.es if generations is None else dataclasses.replace(pipeline.config.controller.es, generations=generations)
-    if es.generations < 1:
-        raise ConfigError(f"generations must be >= 1, got {es.generations}")
+    if generations is not None and generations < 1:
+        raise ConfigError(f"generations must be >= 1, got {generations}")
+    if not isinstance(es_seed, (int, np.integer)) or es_seed < 0:
+        raise ConfigError(f"es_seed must be an int >= 0, got {es_seed!r}")
+    es = dataclasses.replace(ccfg.es, generations=generations or ccfg.es.generations,
+                             strategy=strategy or ccfg.es.strategy)  # ESConfig checks the strategy's name
     key = pipeline.key("state-oracle")
+    key = jax.random.fold_in(key, es_seed) if es_seed else key
     stats_key, init_key, eval_key = jax.random.split(key, 3)
     mean, std = state_feature_stats(pipeline.env, pipeline.env_params, stats_key)
     env, env_params = StateOracleCarRacing(pipeline.env, mean, std), pipeline.env_params
@@ -366,12 +373,14 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
     test = evaluate(best[1], pipeline.key("evaluate"), evaluate_cfg.episodes,
                     int(evaluate_cfg.max_episode_steps or env_params.max_steps_in_episode))
     returns = np.asarray(test.returns, np.float64)
-    payload = {"mode": mode, "inputs": list(PROBE_TARGETS), "generations": es.generations,
+    path = Path(pipeline.run.path) / f"state_oracle_{mode}_{es.strategy}_g{es.generations}_s{es_seed}.json"
+    payload = {"mode": mode, "inputs": list(PROBE_TARGETS), "strategy": es.strategy, "es_seed": int(es_seed),
+               "generations": es.generations,
                "population": es.population, "rollouts": es.rollouts, "max_episode_steps": max_steps,
                "mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size),
                "best_training_eval": float(best[0]), "curve": curve, "input_mean": list(mean), "input_std": list(std),
-               "seconds": time.perf_counter() - start}
-    write_json_atomic(Path(pipeline.run.path) / f"state_oracle_{mode}.json", payload)
+               "seconds": time.perf_counter() - start, "path": str(path)}
+    write_json_atomic(path, payload)
     return payload
 
 
