@@ -135,7 +135,8 @@ def oracle(run: Path, mode: str, generations: int | None, strategy: str | None, 
               f"{' '.join(overrides)}", file=sys.stderr)
         return 2
     try:
-        result = train_state_oracle(Pipeline(load_config(run), run, progress=False), mode, generations, strategy, es_seed)
+        pipeline = Pipeline(load_config(run), run, progress=False)
+        result = train_state_oracle(pipeline, mode, generations, strategy, es_seed)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from worldmodels_jax.configs import CollectConfig, get_preset
 from worldmodels_jax.data import make_collect_shard, make_env
 from worldmodels_jax.envs.actions import action_spec
 from worldmodels_jax.envs.carracing import noisy_scripted_driver
-from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.errors import ConfigError, NonFiniteError
 
 HAS_GYM = all(importlib.util.find_spec(m) is not None for m in ("gymnasium", "Box2D", "pygame"))
 needs_gym = pytest.mark.skipif(not HAS_GYM, reason="needs gymnasium[box2d] (pip install -e '.[gymnasium]')")
@@ -346,6 +346,13 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     assert again["r2"] == result["r2"]
     with pytest.raises(ConfigError, match="was not trained"):
         feature_probe(pipeline, "z_hidden", episodes=4, max_steps=12)
+    # a V that outputs NaN is reported, not turned into NaN R²s
+    vae = pipeline.vae_params()
+    poisoned = jax.tree.map(lambda x: x * np.nan, vae)
+    pipeline.run.checkpointer("vae").save(1, poisoned)
+    with pytest.raises(NonFiniteError, match="non-finite values"):
+        feature_probe(pipeline, "z", episodes=4, max_steps=12)
+    pipeline.run.checkpointer("vae").save(2, vae)
     # the scripted driver stays on the road and is faster than an untrained controller
     driver = feature_probe(pipeline, "scripted", episodes=4, max_steps=60)["outcomes"]
     assert driver["on_road"] == 1.0 and driver["tiles_visited"] > 0.025 and driver["forward_speed_mean"] > 10

@@ -77,8 +77,8 @@ RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 def ridge_r2(train_x, train_y, test_x, test_y, ridge=1e-3) -> np.ndarray:
     """Held-out R² of a ridge regression per column of y (features standardised on the training rows).
 
-    `ridge` is the penalty per training row (λ = ridge · rows), one value or one per column of y. R² = 1 − SSE / SST
-    on the test rows, SST about the test mean: 0 is no better than a constant, 1 is exact.
+    `ridge` is the penalty per training row (λ = ridge · rows), one value or one per column of y.
+    R² = 1 − SSE / SST on the test rows, SST about the test mean: 0 is no better than a constant, 1 is exact.
     """
     train_x, train_y = np.asarray(train_x, np.float64), np.asarray(train_y, np.float64)
     test_x, test_y = np.asarray(test_x, np.float64), np.asarray(test_y, np.float64)
@@ -161,14 +161,16 @@ def episode_outcomes(records: dict) -> dict:
 
 
 def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: int = 1000) -> dict:
-    """How well each controller input predicts the car's motion, on the states controller `mode` drives into.
+    """How well each controller input predicts the car's motion and pose, on the states controller `mode` drives
+    into, and how its episodes end.
 
-    Controller `mode` (or 'scripted', the scripted driver) drives `episodes` random tracks (keys from the run's 'feature-probe' key, not the evaluate
-    stage's) for up to `max_steps` steps. Every step records V's μ (z), M's features h (M stepped on μ and the
-    action taken, as the z + h controller sees them), the previous step's z, and `PROBE_TARGETS`. A ridge
-    regression per feature set (`PROBE_FEATURES`) is fitted on the even episodes and scored (R²) on the odd ones
-    (`probe_r2`); each episode's first step, which has no previous z, is left out. C is linear in its inputs, so a linear
-    probe's R² is what C can read from them. Writes feature_probe_<mode>.json into the run directory.
+    Controller `mode` (or 'scripted', the scripted driver) drives `episodes` random tracks (keys from the run's
+    'feature-probe' key, not the evaluate stage's) for up to `max_steps` steps. Every step records V's μ (z), M's
+    features h (M stepped on μ and the action taken, as the z + h controller sees them), the previous step's z,
+    and `PROBE_TARGETS`. A ridge regression per feature set (`PROBE_FEATURES`) is fitted on the even episodes and
+    scored (R²) on the odd ones (`probe_r2`); each episode's first step, which has no previous z, is left out.
+    C is linear in its inputs, so a linear probe's R² is what C can read from them. Writes
+    feature_probe_<mode>.json into the run directory.
     """
     from worldmodels_jax.envs.carracing import CarRacing, sample_distance, scripted_driver
     from worldmodels_jax.models.vae import ConvVAE, for_inference
@@ -229,6 +231,11 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
     features = {name: np.concatenate(parts[name], -1) for name in PROBE_FEATURES}
     targets = np.stack([records[name] for name in PROBE_TARGETS], -1)
     use = np.asarray(records["use"], bool)
+    for name, values in {**features, "the car's state": targets}.items():
+        if not np.all(np.isfinite(values[use])):
+            bad = int((~np.isfinite(values[use])).any(-1).sum())
+            raise NonFiniteError(f"the probe's {name} has non-finite values on {bad} steps; check the run's V and M "
+                                 "checkpoints (retrain the stage that wrote them)")
     r2, ridges, fit, score = probe_r2(features, targets, use)
     payload = {"mode": mode, "episodes": episodes, "max_steps": max_steps, "ridge_per_row": ridges,
                "steps_fit": int(fit.sum()), "steps_scored": int(score.sum()), "r2": r2,
@@ -247,8 +254,9 @@ def probe_markdown(probe: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{row[t]:.2f}" for t in PROBE_TARGETS) + " |")
     lines.append("| (target std) | " + " | ".join(f"{probe['target_std'][t]:.3g}" for t in PROBE_TARGETS) + " |")
     o = probe["outcomes"]
-    lines += ["", f"Its {probe['episodes']} episodes ({probe['max_steps']} steps at most): return {o['return_mean']:.1f} ± "
-              f"{o['return_std']:.1f}; lap finished {o['lap_finished']:.0%}, left the playfield {o['off_playfield']:.0%}, "
+    lines += ["", f"Its {probe['episodes']} episodes ({probe['max_steps']} steps at most): return "
+              f"{o['return_mean']:.1f} ± {o['return_std']:.1f}; lap finished {o['lap_finished']:.0%}, left the "
+              f"playfield {o['off_playfield']:.0%}, "
               f"out of steps {o['out_of_steps']:.0%}; {o['tiles_visited']:.0%} of tiles visited, "
               f"{o['steps_mean']:.0f} steps, mean forward speed {o['forward_speed_mean']:.1f} and "
               f"{o['on_road']:.0%} of steps on the road per episode."]
@@ -386,4 +394,5 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
 
 __all__ = ["feature_probe", "probe_markdown", "probe_r2", "ridge_r2", "choose_ridge", "episode_outcomes", "car_motion",
            "road_pose", "PROBE_TARGETS", "MOTION_TARGETS", "ROAD_TARGETS", "PROBE_FEATURES", "RIDGE_GRID",
-           "CURVE_AHEAD_TILES", "true_state_features", "StateOracleCarRacing", "state_feature_stats", "train_state_oracle"]
+           "CURVE_AHEAD_TILES", "true_state_features", "StateOracleCarRacing", "state_feature_stats",
+           "train_state_oracle"]
