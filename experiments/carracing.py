@@ -94,10 +94,15 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(paths: list[Path], out: Path | None, overrides: list[str]) -> int:
+def unexpected(flag: str, takes: str, overrides: list[str]) -> bool:
+    """True (after printing the error) if arguments meant for a run were given to `flag`, which runs nothing."""
     if overrides:
-        print(f"error: --summarize takes run directories or table files only; unexpected {' '.join(overrides)}",
-              file=sys.stderr)
+        print(f"error: {flag} takes {takes} only; unexpected {' '.join(overrides)}", file=sys.stderr)
+    return bool(overrides)
+
+
+def summarize(paths: list[Path], out: Path | None, overrides: list[str]) -> int:
+    if unexpected("--summarize", "run directories or table files", overrides):
         return 2
     try:
         tables = {(path.stem.removeprefix("carracing_table_") if path.suffix == ".json" else path.name):
@@ -114,9 +119,7 @@ def summarize(paths: list[Path], out: Path | None, overrides: list[str]) -> int:
 
 
 def probe(run: Path, mode: str, episodes: int, steps: int, overrides: list[str]) -> int:
-    if overrides:
-        print(f"error: --probe takes a run directory and the --probe-* options only; unexpected {' '.join(overrides)}",
-              file=sys.stderr)
+    if unexpected("--probe", "a run directory and the --probe-* options", overrides):
         return 2
     try:
         result = feature_probe(Pipeline(load_config(run), run, progress=False), mode, episodes, steps)
@@ -130,9 +133,7 @@ def probe(run: Path, mode: str, episodes: int, steps: int, overrides: list[str])
 
 def oracle(run: Path, mode: str, generations: int | None, strategy: str | None, es_seed: int,
            overrides: list[str]) -> int:
-    if overrides:
-        print(f"error: --oracle takes a run directory and the --oracle-* options only; unexpected "
-              f"{' '.join(overrides)}", file=sys.stderr)
+    if unexpected("--oracle", "a run directory and the --oracle-* options", overrides):
         return 2
     try:
         pipeline = Pipeline(load_config(run), run, progress=False)

@@ -185,7 +185,7 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
                           f"got {episodes!r}, {max_steps!r}")
     env, env_params = pipeline.env, pipeline.env_params
     scripted = mode == "scripted"
-    agent = pipeline.agent("z" if scripted else mode)
+    agent = None if scripted else pipeline.agent(mode)
     drive_wm = None if scripted else pipeline.world_model_params(agent.uses_memory)
     c_params = None if scripted else pipeline.controller_params(mode)
     vae_params, memory_params = pipeline.vae_params(), pipeline.memory_params()
@@ -330,7 +330,7 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
     the run directory; the payload's 'path' names it.
     """
     from worldmodels_jax.envs.carracing import CarRacing
-    from worldmodels_jax.evolution import make_evolution
+    from worldmodels_jax.evolution import es_state_is_finite, make_evolution
     from worldmodels_jax.models.controller import Controller, ControllerConfig, init_controller
     from worldmodels_jax.rollouts import Agent, WorldModelParams, evaluate_params, population_returns
 
@@ -371,6 +371,9 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
     state, best, curve = init(init_key), (-np.inf, template), []
     while int(state.generation) < es.generations:
         state, _ = run_chunk(state, min(es.eval_every, es.generations - int(state.generation)))
+        if not es_state_is_finite(state):  # the pipeline's controller stage checks the same way
+            raise NonFiniteError(f"the state oracle's {es.strategy} state became non-finite at generation "
+                                 f"{int(state.generation)}")
         params = mean_params(state)
         score = float(np.mean(evaluate(params, jax.random.fold_in(eval_key, int(state.generation)),
                                        es.eval_episodes, max_steps).returns))
