@@ -25,11 +25,11 @@ def test_sigma_fan_in_scales_the_initial_step_by_the_controller_s_inputs():
     assert round(on.sigma_init_for(sizes["z_h"]), 2) == 0.22
 
 
-def test_sigma_fan_in_is_on_in_carracing_cpu_small_only_and_bad_values_are_clear_errors():
+def test_sigma_fan_in_is_on_in_the_carracing_cpu_small_presets_only_and_bad_values_are_clear_errors():
     from worldmodels_jax.configs import PRESETS
 
     on = {name for name, preset in PRESETS.items() if preset.controller.sigma_fan_in}
-    assert on == {"carracing-cpu-small"}  # the paper presets keep the paper's single sigma_init
+    assert on == {"carracing-cpu-small", "carracing-cpu-small-imitate"}  # the paper presets keep the paper's single sigma_init
     assert get_preset("carracing-cpu-small").controller.sigma_fan_in == 16
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="sigma_fan_in"):

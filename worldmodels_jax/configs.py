@@ -64,6 +64,34 @@ class CollectConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImitationConfig:
+    """Demonstrations and the fit for `ControllerStageConfig.init = "imitate"` (`train/imitation.py`)."""
+
+    num_envs: int = 64
+    steps: int = 512
+    """Demonstration frames: num_envs x steps (32,768 by default, as many as cpu-small's V and M see)."""
+    steer_noise: float = 0.3
+    speed_noise: float = 0.3
+    """The explorer's noise (`noisy_scripted_driver`); the labels are the noise-free driver's."""
+    fit_steps: int = 2000
+    learning_rate: float = 3e-3
+
+    def __post_init__(self):
+        for name in ("num_envs", "steps", "fit_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"controller.imitation.{name} must be an int >= 1, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"controller.imitation.learning_rate must be > 0, got {self.learning_rate}")
+        if self.steer_noise < 0 or self.speed_noise < 0:
+            raise ConfigError("controller.imitation.steer_noise and speed_noise must be >= 0, got "
+                              f"{self.steer_noise}, {self.speed_noise}")
+
+
+CONTROLLER_INITS = ("zeros", "imitate")
+
+
+@dataclasses.dataclass(frozen=True)
 class ControllerStageConfig:
     """Training C with an evolution strategy, in the real env or inside M's dream."""
 
@@ -87,6 +115,10 @@ class ControllerStageConfig:
     """Cap on episode length in rollouts (0: the env's own limit)."""
     chunk_steps: int = 50
     """Env steps per chunk in the early-exit while loop."""
+    init: str = "zeros"
+    """Where CMA-ES's mean starts: 'zeros', or 'imitate': a controller fitted to the scripted driver's actions
+    (`train/imitation.py`; CarRacing-v0 only), the same demonstrations for every mode."""
+    imitation: ImitationConfig = ImitationConfig()
     sigma_fan_in: int = 0
     """0: every mode starts CMA-ES at es.sigma_init. N > 0: a controller with I inputs starts at
     es.sigma_init * sqrt(N / I), so that with standardised features every mode's initial tanh
@@ -113,6 +145,10 @@ class ControllerStageConfig:
             raise ConfigError(f"controller.action_mapping must be one of {ACTION_MAPPINGS}")
         if self.temperature <= 0:
             raise ConfigError(f"controller.temperature must be > 0, got {self.temperature}")
+        if self.init not in CONTROLLER_INITS:
+            raise ConfigError(f"controller.init must be one of {CONTROLLER_INITS}, got {self.init!r}")
+        if self.init == "imitate" and self.where != "real":
+            raise ConfigError("controller.init='imitate' fits C on real frames; it needs controller.where='real'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +342,16 @@ def paper_settings_at_cpu_budget(paper: PipelineConfig, small: PipelineConfig, n
 # (seed 0; `--cpu-devices auto` picks two).
 PRESETS["carracing-paper-cpu"] = paper_settings_at_cpu_budget(PRESETS["carracing-paper"], PRESETS["carracing-cpu-small"],
                                                               "carracing-paper-cpu")
+
+
+# `carracing-cpu-small` with C's search started from an imitation of the scripted driver (`train/imitation.py`)
+# instead of zeros. σ₀ 0.224 with the same fan-in rule: z and z + hidden 0.224, z + h 0.1, about as far from
+# the fitted controller as its own outputs vary (docs/carracing.md, "Warm start by imitation").
+PRESETS["carracing-cpu-small-imitate"] = dataclasses.replace(
+    PRESETS["carracing-cpu-small"], preset="carracing-cpu-small-imitate",
+    controller=dataclasses.replace(PRESETS["carracing-cpu-small"].controller, init="imitate",
+                                   es=dataclasses.replace(PRESETS["carracing-cpu-small"].controller.es,
+                                                          sigma_init=0.2236)))
 
 
 ENV_FAMILIES: dict[str, str] = {"CarRacing-v0": "carracing", "CarRacingDiscrete-v0": "carracing",

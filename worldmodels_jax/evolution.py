@@ -22,7 +22,7 @@ import optax
 from evosax.algorithms import algorithms as EVOSAX_ALGORITHMS
 from flax import struct
 
-from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.errors import ConfigError, ShapeError
 
 WORST_FITNESS = -1e30
 
@@ -129,9 +129,15 @@ def make_evolution(fitness_fn: Callable, template, config: ESConfig, x0=None):
     strategy, es_params = make_strategy(config, template)
     x0 = jax.tree.map(jnp.zeros_like, template) if x0 is None else x0
 
-    def init(key: jax.Array) -> EvoState:
+    def init(key: jax.Array, mean=None) -> EvoState:
+        """The ES state at generation 0, its search distribution centred on `mean` (default x0)."""
         key_init, key_run = jax.random.split(key)
-        return strong_types(EvoState(strategy.init(key_init, x0, es_params), key_run, jnp.zeros((), jnp.int32)))
+        if mean is not None and (jax.tree.structure(mean) != jax.tree.structure(x0) or any(
+                jnp.shape(m) != jnp.shape(t) for m, t in zip(jax.tree.leaves(mean), jax.tree.leaves(x0)))):
+            raise ShapeError(f"the ES's initial mean must be shaped like the parameter template "
+                             f"{jax.tree.map(jnp.shape, x0)}, got {jax.tree.map(jnp.shape, mean)}")
+        start = x0 if mean is None else jax.tree.map(lambda m, t: jnp.asarray(m, t.dtype), mean, x0)
+        return strong_types(EvoState(strategy.init(key_init, start, es_params), key_run, jnp.zeros((), jnp.int32)))
 
     def generation(state: EvoState, _):
         key, key_ask, key_fit, key_tell = jax.random.split(state.key, 4)

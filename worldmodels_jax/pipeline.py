@@ -100,6 +100,8 @@ def _config_from_json(payload: dict) -> PipelineConfig:
     p = dict(payload)
     controller = dict(p["controller"])
     controller["es"] = build(ESConfig, controller["es"])
+    if "imitation" in controller:
+        controller["imitation"] = build(c.ImitationConfig, controller["imitation"])
     from worldmodels_jax.models.memory import TransformerSettings
 
     return build(c.PipelineConfig, {
@@ -164,6 +166,12 @@ class Pipeline:
                     f"{'; '.join(differences[:5])}{' ...' if len(differences) > 5 else ''}. Resume it with "
                     f"the same settings, or pass a new --out directory."
                 )
+        if self.config.controller.init == "imitate":
+            from worldmodels_jax.envs.carracing import CarRacing
+
+            if not isinstance(self.env, CarRacing) or self.env.discrete:
+                raise ConfigError(f"controller.init='imitate' imitates the CarRacing scripted driver (CarRacing-v0 "
+                                  f"only); {self.config.env_id} needs controller.init='zeros'")
         self.run.save_config(self.config)
         self.spec = action_spec(self.env.action_space(self.env_params))
         self.action_encoder = ActionEncoder(self.spec, self.config.action_encoding)
@@ -501,6 +509,11 @@ class Pipeline:
         best = {"score": np.float32(-np.inf), "params": template}
         checkpointer = self.run.checkpointer(stage)
         restored = checkpointer.restore({"state": state, "best_score": best["score"], "best_params": template})
+        imitation = {}
+        if restored is None and ccfg.init == "imitate":
+            fitted, imitation = self.imitation_fit(mode)
+            state = init(key_init, fitted)
+            self.run.checkpointer(f"imitation-{mode}").save(0, fitted)
         if restored is not None:
             state = restored[1]["state"]
             best = {"score": restored[1]["best_score"], "params": restored[1]["best_params"]}
@@ -543,7 +556,41 @@ class Pipeline:
                     break
         self.run.checkpointer(f"controller-{mode}").save(0, best["params"])
         return {"best_eval": float(best["score"]), "generations": int(state.generation),
-                "stopped_early": stopped_early, "param_count": param_count(template), "devices": self.mesh.size}
+                "stopped_early": stopped_early, "param_count": param_count(template), "devices": self.mesh.size,
+                **imitation}
+
+    def imitation_fit(self, mode: str):
+        """C of `mode` fitted to the scripted driver's actions (`train/imitation.py`): (params, a record of the
+        fit). Every mode sees the same demonstrations (one key for all)."""
+        from worldmodels_jax.envs.carracing import noisy_scripted_driver, scripted_driver
+        from worldmodels_jax.train.imitation import collect_demonstrations, controller_features, fit_controller
+
+        icfg = self.config.controller.imitation
+        agent = self.agent(mode)
+        wm = self.world_model_params(agent.uses_memory)
+        key_demos, key_params = jax.random.split(self.key("imitate"))
+
+        def explorer(key, state, params):
+            return noisy_scripted_driver(key, state, params, icfg.steer_noise, icfg.speed_noise)
+
+        @jax.jit
+        def fit(wm, key_demos, key_params):
+            demos = collect_demonstrations(self.env, self.env_params, scripted_driver, explorer, key_demos,
+                                           icfg.num_envs, icfg.steps)
+            z, h, c = controller_features(agent, wm, demos)
+            start = init_controller(key_params, agent.controller.config)
+            params, losses = fit_controller(agent, wm, start, z, h, c, demos.label, icfg.fit_steps,
+                                            icfg.learning_rate)
+            label_variance = jnp.sum(jnp.var(demos.label.reshape((-1, demos.label.shape[-1])), axis=0))
+            return params, losses, label_variance
+
+        params, losses, label_variance = jax.device_get(fit(wm, key_demos, key_params))
+        if not np.all(np.isfinite(losses)):
+            raise NonFiniteError(f"imitation fit of the {mode} controller diverged (loss {losses[-1]}); lower "
+                                 f"controller.imitation.learning_rate ({self.config.controller.imitation.learning_rate})")
+        record = {"imitation_loss_first": float(losses[0]), "imitation_loss": float(losses[-1]),
+                  "imitation_r2": float(1.0 - losses[-1] / label_variance)}
+        return params, record
 
     # ------------------------------------------------------------------ evaluation and report
     def controller_params(self, mode: str):

@@ -88,20 +88,26 @@ class Agent:
         zeros = jnp.zeros((1,), jnp.float32)
         return LSTMCarry(h=zeros, c=zeros)
 
+    def controller_outputs(self, wm_params: WorldModelParams | None, c_params, z: jax.Array, h: jax.Array | None,
+                           c: jax.Array | None = None) -> jax.Array:
+        """C's tanh outputs for raw features z (and M's h, c), as `act` computes them: held features replaced
+        by their means, then standardised with `wm_params.feature_stats` when present."""
+        stats = None if wm_params is None else wm_params.feature_stats
+        held = None if wm_params is None else wm_params.held
+        if held is not None:
+            z = jnp.broadcast_to(held["z"], z.shape) if "z" in held else z
+            h = jnp.broadcast_to(held["h"], h.shape) if "h" in held and h is not None else h
+        if stats is not None:
+            z = (z - stats["z_mean"]) / stats["z_std"]
+            h = None if h is None else (h - stats["h_mean"]) / stats["h_std"]
+        return self.controller.apply({"params": c_params}, z, h, c)
+
     def act(self, wm_params: WorldModelParams, c_params, carry: LSTMCarry, obs: jax.Array,
             first: jax.Array, key: jax.Array):
         """One step for one environment: returns (action, next carry)."""
-        stats = None if wm_params is None else wm_params.feature_stats
-        held = None if wm_params is None else wm_params.held
 
         def controller(z, h, c):
-            if held is not None:
-                z = jnp.broadcast_to(held["z"], z.shape) if "z" in held else z
-                h = jnp.broadcast_to(held["h"], h.shape) if "h" in held and h is not None else h
-            if stats is not None:
-                z = (z - stats["z_mean"]) / stats["z_std"]
-                h = None if h is None else (h - stats["h_mean"]) / stats["h_std"]
-            return self.controller.apply({"params": c_params}, z, h, c)
+            return self.controller_outputs(wm_params, c_params, z, h, c)
 
         if self.obs_kind == "features":
             if not self.uses_memory:  # C reads z alone: the observation may be just z
@@ -112,12 +118,21 @@ class Agent:
         z = sample_z(key, mu, logvar) if self.z_sample else mu
         if not self.uses_memory:
             return self.mapping(controller(z, None, None)), carry
-        carry = jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), carry)
+        carry = self.reset_carry(carry, first)
         action = self.mapping(controller(z, carry.h, getattr(carry, "c", None)))
+        return action, self.memory_step(wm_params, carry, z, action, first)
+
+    @staticmethod
+    def reset_carry(carry, first: jax.Array):
+        """M's carry, zeroed at an episode's first step: what C reads as h (and c) at this step."""
+        return jax.tree.map(lambda x: jnp.where(first, jnp.zeros_like(x), x), carry)
+
+    def memory_step(self, wm_params: WorldModelParams, carry, z: jax.Array, action: jax.Array, first: jax.Array):
+        """M's next carry after the agent (or whoever drove) took `action` on seeing z."""
         carry, _, _ = self.memory.apply(
             {"params": wm_params.memory}, carry, z, self.action_encoder(action), first, method="step"
         )
-        return action, carry
+        return carry
 
 
 @struct.dataclass
