@@ -3,6 +3,8 @@
 Presets are named instances, not files: `cpu-small` (pixel CartPole on a 2-core CPU in minutes),
 `tiny` (for tests), and paper-scale ones (`carracing-paper`, `takecover-paper`) for GPUs.
 `carracing-paper-cpu` is the paper preset's models and settings at `carracing-cpu-small`'s budget.
+`carracing-cpu-small-imitate` is `carracing-cpu-small` with C's search started from an imitation of the
+scripted driver (`controller.init`).
 Sizes that follow from the environment and from V (M's z and action sizes, C's input sizes) are
 filled in by `resolve`, and the resolved config is what a run directory records.
 """
