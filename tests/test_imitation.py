@@ -116,7 +116,7 @@ def test_es_starts_from_the_given_mean_and_rejects_a_misshapen_one():
 
 def test_controller_stage_starts_the_es_from_the_imitation_fit(tmp_path):
     """init='imitate' end to end on a tiny CarRacing run: the fit improves on its start, CMA-ES's mean at
-    generation 0 is the fitted controller (kept in the run directory), and a resumed stage does not refit."""
+    generation 0 is the fitted controller (kept in the run directory), and a resumed stage keeps the fit's record."""
     pipeline = _tiny_carracing(
         tmp_path, modes=("z",), init="imitate", normalize_features=False,
         imitation=ImitationConfig(num_envs=2, steps=40, fit_steps=1000, learning_rate=1e-2),
@@ -132,6 +132,11 @@ def test_controller_stage_starts_the_es_from_the_imitation_fit(tmp_path):
     assert result["generations"] == 1 and result["imitation_r2"] == pytest.approx(record["imitation_r2"], abs=1e-5)
     kept = pipeline.load_params("imitation-z", fitted)
     np.testing.assert_allclose(np.asarray(kept["out"]["kernel"]), np.asarray(fitted["out"]["kernel"]), atol=1e-6)
+    # resumed from the stage's checkpoint (a killed run), the ES is not refitted and the record keeps the fit
+    (pipeline.run.path / "stages" / "train-controller-z.json").unlink()
+    pipeline.imitation_fit = lambda mode: pytest.fail("a resumed stage refitted the controller")
+    resumed = pipeline._train_controller("z")
+    assert resumed["imitation_r2"] == pytest.approx(record["imitation_r2"], abs=1e-5)
 
 
 def test_imitation_settings_are_checked_with_clear_errors(tmp_path):

@@ -210,6 +210,18 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_run, tmp_path):
         Pipeline(get_preset("tiny"), out, progress=False).vae_params()
 
 
+def test_saving_a_step_that_exists_replaces_it(tmp_path):
+    """A stage killed after its final `save(0, ...)` but before it was marked done saves step 0 again on resume."""
+    from worldmodels_jax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "params")
+    checkpointer.save(0, {"w": np.zeros(3, np.float32)})
+    checkpointer.save(0, {"w": np.ones(3, np.float32)})
+    step, tree = checkpointer.restore({"w": np.zeros(3, np.float32)})
+    assert step == 0 and checkpointer.latest_step() == 0
+    np.testing.assert_array_equal(tree["w"], np.ones(3, np.float32))
+
+
 def test_info_prints_param_counts(capsys):
     assert wmj(["info", "--preset", "carracing-paper", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)

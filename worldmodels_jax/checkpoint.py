@@ -36,8 +36,11 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, tree: Any) -> None:
-        """Saves `tree` at `step` atomically (blocks until written)."""
+        """Saves `tree` at `step` atomically (blocks until written). A step that exists is replaced: a stage
+        killed after its final save but before it was marked done saves again when resumed."""
         tree = jax.device_get(tree)
+        if int(step) in self._manager.all_steps():
+            self._manager.delete(int(step))
         self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()
 

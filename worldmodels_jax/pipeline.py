@@ -514,6 +514,10 @@ class Pipeline:
             fitted, imitation = self.imitation_fit(mode)
             state = init(key_init, fitted)
             self.run.checkpointer(f"imitation-{mode}").save(0, fitted)
+            self.run.reset_metrics(f"imitation-{mode}")
+            self.run.log_metrics(f"imitation-{mode}", imitation)
+        elif ccfg.init == "imitate":  # resumed: the fit was recorded when the stage began
+            imitation = (self.run.read_metrics(f"imitation-{mode}") or [{}])[-1]
         if restored is not None:
             state = restored[1]["state"]
             best = {"score": restored[1]["best_score"], "params": restored[1]["best_params"]}
