@@ -67,7 +67,7 @@ def test_controller_features_are_what_c_reads_in_a_rollout_matching_m_s_teacher_
                           memory=init_memory(jax.random.PRNGKey(2), pipeline.memory))
     demos = collect_demonstrations(pipeline.env, params, scripted_driver,
                                    lambda k, s, p: noisy_scripted_driver(k, s, p), jax.random.PRNGKey(3), 2, 12)
-    z, h, c = jax.jit(lambda wm, d: controller_features(agent, wm, d, encode_chunk=5))(wm, demos)
+    z, h, c = jax.jit(lambda wm, d: controller_features(agent, wm, d))(wm, demos)
     assert z.shape == (2, 12, pipeline.config.vae.z_size) and h.shape == (2, 12, pipeline.memory.feature_size)
     mu, _ = ConvVAE(pipeline.config.vae).apply({"params": wm.vae}, demos.obs, method=ConvVAE.encode)
     np.testing.assert_allclose(np.asarray(z), np.asarray(mu), atol=2e-5)
@@ -77,7 +77,7 @@ def test_controller_features_are_what_c_reads_in_a_rollout_matching_m_s_teacher_
     expected = np.concatenate([np.zeros_like(observed[:, :1]), np.asarray(observed[:, :-1])], axis=1)
     expected[np.asarray(demos.first)] = 0.0
     np.testing.assert_allclose(np.asarray(h), expected, atol=2e-5)
-    z_only, h_none, _ = controller_features(pipeline.agent("z"), wm, demos, encode_chunk=8)
+    z_only, h_none, _ = controller_features(pipeline.agent("z"), wm, demos)
     assert h_none is None
     np.testing.assert_allclose(np.asarray(z_only), np.asarray(z), atol=1e-6)
 

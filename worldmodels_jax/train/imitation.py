@@ -23,7 +23,6 @@ import optax
 from flax import struct
 
 from worldmodels_jax.errors import ShapeError
-from worldmodels_jax.models.vae import ConvVAE, for_inference
 
 
 @struct.dataclass
@@ -58,19 +57,19 @@ def collect_demonstrations(env, env_params, teacher: Callable, explorer: Callabl
     return jax.vmap(one_env)(jax.random.split(key, num_envs))
 
 
-def controller_features(agent, wm_params, demos: Demonstrations, encode_chunk: int = 256):
+def controller_features(agent, wm_params, demos: Demonstrations):
     """(z [N, T, z], h [N, T, H] or None, c or None): what C reads at each demonstration step in a rollout, before
     standardisation. z is V's mean (C's input when `z_sample` is off; its expectation otherwise)."""
+    from worldmodels_jax.pipeline import ENCODE_CHUNK, make_frame_encoder
+
     num_envs, steps = demos.first.shape
     if demos.obs.shape[:2] != (num_envs, steps):
         raise ShapeError(f"demonstration frames {demos.obs.shape} do not match first {demos.first.shape}")
     frames = demos.obs.reshape((-1, *demos.obs.shape[2:]))
-    pad = (-frames.shape[0]) % encode_chunk
+    pad = (-frames.shape[0]) % ENCODE_CHUNK
     frames = jnp.concatenate([frames, jnp.zeros((pad, *frames.shape[1:]), frames.dtype)]) if pad else frames
-    encoder = for_inference(agent.vae)
-    mu = jax.lax.map(lambda f: encoder.apply({"params": wm_params.vae}, f, method=ConvVAE.encode)[0],
-                     frames.reshape((-1, encode_chunk, *frames.shape[1:])))
-    z = mu.reshape((-1, mu.shape[-1]))[: num_envs * steps].reshape((num_envs, steps, -1))
+    mu, _ = make_frame_encoder(agent.vae)(wm_params.vae, frames)
+    z = mu[: num_envs * steps].reshape((num_envs, steps, -1))
     if not agent.uses_memory:
         return z, None, None
 
