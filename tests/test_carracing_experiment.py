@@ -32,6 +32,16 @@ def test_cpu_small_resolves_to_the_carracing_preset():
     assert config.controller.action_mapping == "carracing"
     # the table is over 100 full-length episodes, whatever the training cap
     assert config.evaluate.episodes == 100 and config.evaluate.max_episode_steps == 0
+    # C trains on the episodes it is tested on (1000 steps), at the env steps of the earlier 500-step preset
+    assert config.controller.max_episode_steps == 0
+    t500 = get_preset("cpu-small-t500", "CarRacing-v0")
+    assert t500.controller.max_episode_steps == 500
+
+    def steps_per_member(c):
+        return c.controller.es.rollouts * c.controller.es.generations * (c.controller.max_episode_steps or 1000)
+
+    assert steps_per_member(config) == steps_per_member(t500) == 120_000
+    assert dataclasses.replace(t500.controller, es=config.controller.es, max_episode_steps=0) == config.controller
     paper = get_preset("paper", "CarRacing-v0")
     assert paper.preset == "carracing-paper" and paper.collect.policy == "random_controller"  # the original's recipe
     with pytest.raises(ConfigError, match="collect.policy"):
@@ -328,6 +338,28 @@ def test_episode_outcomes_known_answers():
     assert o["on_road"] == pytest.approx((2 / 3 + 3 / 5 + 1 / 2) / 3)
 
 
+def test_outcomes_by_window_known_answers():
+    from worldmodels_jax.carracing_diagnostics import outcomes_by_window
+
+    alive = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    reward = np.array([[1.0, 2, 3, 4, 5], [10, 20, 30, 40, 50]])
+    speed = np.array([[2.0, 4, 6, 8, 10], [1, 1, 1, 99, 99]])
+    steer = np.array([[0.1, 0.1, -0.2, -0.2, -0.2], [0.0, 0.0, 0.4, 9, 9]])
+    gas = np.ones((2, 5))
+    on_road = np.array([[1, 1, 0, 0, 1], [1, 0, 1, 1, 1]], bool)
+    rows = outcomes_by_window({"alive": alive, "reward": reward, "forward_speed": speed, "steer": steer, "gas": gas,
+                               "on_road": on_road}, window=2)
+    assert [r["steps"] for r in rows] == [[0, 2], [2, 4], [4, 5]]
+    assert [r["episodes_running"] for r in rows] == [2, 2, 1]
+    # ended steps count for nothing: episode 1's 40 and 50, speed 99 and steer 9 are after its end
+    assert [r["reward_per_episode"] for r in rows] == pytest.approx([(3 + 30) / 2, (3 + 4 + 30) / 2, 5 / 2])
+    assert [r["forward_speed"] for r in rows] == pytest.approx([2.0, (6 + 8 + 1) / 3, 10.0])
+    assert [r["steer"] for r in rows] == pytest.approx([0.05, (-0.4 + 0.4) / 3, -0.2])
+    assert [r["on_road"] for r in rows] == pytest.approx([3 / 4, 1 / 3, 1.0])
+    with pytest.raises(ConfigError, match="window"):
+        outcomes_by_window({"alive": alive}, window=0)
+
+
 def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     from worldmodels_jax.carracing_diagnostics import PROBE_FEATURES, PROBE_TARGETS, feature_probe
 
@@ -342,6 +374,8 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     outcomes = result["outcomes"]
     assert outcomes["lap_finished"] + outcomes["off_playfield"] + outcomes["out_of_steps"] == pytest.approx(1.0)
     assert len(outcomes["returns"]) == 4 and outcomes["steps_mean"] <= 12
+    assert [w["steps"] for w in result["timeline"]] == [[0, 12]]  # one 250-step window, cut at max_steps
+    assert result["timeline"][0]["reward_per_episode"] == pytest.approx(outcomes["return_mean"], abs=1e-4)
     again = feature_probe(pipeline, "z_h", episodes=4, max_steps=12)  # keys from the run's seed: deterministic
     assert again["r2"] == result["r2"]
     with pytest.raises(ConfigError, match="was not trained"):
@@ -363,6 +397,7 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     assert script.main(["--probe", str(out), "--probe-mode", "z", "--probe-episodes", "4", "--probe-steps", "12"]) == 0
     printed = capsys.readouterr().out
     assert "| z, previous z |" in printed and "forward_speed" in printed and (out / "feature_probe_z.json").exists()
+    assert "| 0–12 | 4 |" in printed  # the timeline: one window, four episodes running
     assert script.main(["--probe", str(out), "--probe-mode", "z_hidden"]) == 2
     assert "was not trained" in capsys.readouterr().err
 

@@ -29,7 +29,7 @@ def test_sigma_fan_in_is_on_in_the_carracing_cpu_small_presets_only_and_bad_valu
     from worldmodels_jax.configs import PRESETS
 
     on = {name for name, preset in PRESETS.items() if preset.controller.sigma_fan_in}
-    assert on == {"carracing-cpu-small", "carracing-cpu-small-imitate"}  # the paper presets keep the paper's single sigma_init
+    assert on == {"carracing-cpu-small", "carracing-cpu-small-t500", "carracing-cpu-small-imitate"}  # the paper presets keep the paper's single sigma_init
     assert get_preset("carracing-cpu-small").controller.sigma_fan_in == 16
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="sigma_fan_in"):
@@ -63,7 +63,7 @@ def _flat(tree, prefix=""):
 
 def test_carracing_paper_cpu_is_the_paper_preset_with_only_the_budget_changed():
     paper, check, small = (_flat(dataclasses.asdict(get_preset(name, "CarRacing-v0")))
-                           for name in ("paper", "paper-cpu", "cpu-small"))
+                           for name in ("paper", "paper-cpu", "cpu-small-t500"))  # the budget it was measured at
     changed = {key for key in paper if paper[key] != check[key]}
     assert changed == {
         "preset", "collect.num_envs", "collect.steps", "collect.num_shards",

@@ -152,6 +152,7 @@ def test_imitation_settings_are_checked_with_clear_errors(tmp_path):
         Pipeline(dataclasses.replace(tiny, controller=dataclasses.replace(tiny.controller, init="imitate")),
                  tmp_path / "cartpole", progress=False)
     imitate = get_preset("cpu-small-imitate", "CarRacing-v0")
-    small = get_preset("cpu-small", "CarRacing-v0")
+    t500 = get_preset("cpu-small-t500", "CarRacing-v0")  # the budget the imitation study was measured at
     assert imitate.preset == "carracing-cpu-small-imitate" and imitate.controller.init == "imitate"
-    assert dataclasses.replace(imitate.controller, init="zeros", es=small.controller.es) == small.controller
+    assert dataclasses.replace(imitate.controller, init="zeros", es=t500.controller.es) == t500.controller
+    assert imitate.controller.es == dataclasses.replace(t500.controller.es, sigma_init=0.2236)

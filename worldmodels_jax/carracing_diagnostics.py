@@ -160,6 +160,37 @@ def episode_outcomes(records: dict) -> dict:
             "on_road": float(on_road.mean()), "returns": [float(r) for r in returns]}
 
 
+TIMELINE_WINDOW = 250
+"""Steps per window of `outcomes_by_window`: four windows over a full 1000-step episode."""
+
+
+def outcomes_by_window(records: dict, window: int = TIMELINE_WINDOW) -> list[dict]:
+    """How the probe's episodes go over time, per window of `window` steps, from per-step [episodes, steps]
+    records: the reward per episode earned in the window (summed over all episodes, ended ones giving 0, divided
+    by the number of episodes), how many episodes are still running at its start, and over the running steps the
+    mean forward speed, steering angle and throttle and the share of steps on the road. A controller trained on
+    shorter episodes than it is tested on shows here where it stops driving."""
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ConfigError(f"the timeline's window must be an int >= 1 step, got {window!r}")
+    alive = np.asarray(records["alive"], bool)
+    episodes, steps = alive.shape
+    rows = []
+    for start in range(0, steps, window):
+        part = slice(start, min(start + window, steps))
+        running = alive[:, part]
+        count = max(int(running.sum()), 1)
+
+        def mean_running(name):
+            return float((np.asarray(records[name][:, part], np.float64) * running).sum() / count)
+
+        rows.append({"steps": [start, part.stop], "episodes_running": int(running[:, 0].sum()),
+                     "reward_per_episode": float((np.asarray(records["reward"][:, part], np.float64)
+                                                  * running).sum() / episodes),
+                     "forward_speed": mean_running("forward_speed"), "steer": mean_running("steer"),
+                     "gas": mean_running("gas"), "on_road": mean_running("on_road")})
+    return rows
+
+
 def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: int = 1000) -> dict:
     """How well each controller input predicts the car's motion and pose, on the states controller `mode` drives
     into, and how its episodes end.
@@ -241,7 +272,7 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
                "steps_fit": int(fit.sum()), "steps_scored": int(score.sum()), "r2": r2,
                "target_std": dict(zip(PROBE_TARGETS, map(float, targets[use].std(0)))),
                "target_mean": dict(zip(PROBE_TARGETS, map(float, targets[use].mean(0)))),
-               "outcomes": episode_outcomes(records), "seconds": seconds}
+               "outcomes": episode_outcomes(records), "timeline": outcomes_by_window(records), "seconds": seconds}
     write_json_atomic(Path(pipeline.run.path) / f"feature_probe_{mode}.json", payload)
     return payload
 
@@ -260,6 +291,12 @@ def probe_markdown(probe: dict) -> str:
               f"out of steps {o['out_of_steps']:.0%}; {o['tiles_visited']:.0%} of tiles visited, "
               f"{o['steps_mean']:.0f} steps, mean forward speed {o['forward_speed_mean']:.1f} and "
               f"{o['on_road']:.0%} of steps on the road per episode."]
+    if "timeline" in probe:
+        lines += ["", "Over the episode (running episodes only, reward per episode of all):", "",
+                  "| steps | running | reward | forward speed | steer | gas | on the road |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {w['steps'][0]}–{w['steps'][1]} | {w['episodes_running']} | {w['reward_per_episode']:.1f} | "
+                  f"{w['forward_speed']:.1f} | {w['steer']:+.3f} | {w['gas']:.2f} | {w['on_road']:.0%} |"
+                  for w in probe["timeline"]]
     return "\n".join(lines)
 
 
@@ -396,6 +433,6 @@ def train_state_oracle(pipeline, mode: str = "z", generations: int | None = None
 
 
 __all__ = ["feature_probe", "probe_markdown", "probe_r2", "ridge_r2", "choose_ridge", "episode_outcomes", "car_motion",
-           "road_pose", "PROBE_TARGETS", "MOTION_TARGETS", "ROAD_TARGETS", "PROBE_FEATURES", "RIDGE_GRID",
+           "road_pose", "outcomes_by_window", "TIMELINE_WINDOW", "PROBE_TARGETS", "MOTION_TARGETS", "ROAD_TARGETS", "PROBE_FEATURES", "RIDGE_GRID",
            "CURVE_AHEAD_TILES", "true_state_features", "StateOracleCarRacing", "state_feature_stats",
            "train_state_oracle"]
