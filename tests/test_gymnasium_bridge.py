@@ -96,3 +96,59 @@ def test_collect_random_rollouts_shapes_and_flags():
     assert data["obs"][:, -1].std() > 0  # real pictures, not blank frames
     discrete = gb.collect_random_rollouts(episodes=1, seed=0, continuous=False, max_steps=5)
     assert discrete["action"].shape == (1, 5) and discrete["action"].dtype == np.int32
+
+
+
+class _ScriptedEnd:
+    """A stand-in for CarRacing-v3 that ends episode e after lengths[e] steps in the way endings[e] says, with
+    gymnasium's signals: terminated + info["lap_finished"] True (lap) or False (off the playfield, -100), or
+    truncated (the time limit). Each step visits one of the track's 10 tiles."""
+
+    def __init__(self, lengths, endings):
+        self.lengths, self.endings, self.episode = lengths, endings, -1
+        self.unwrapped, self.track = self, [None] * 10
+
+    def reset(self, seed=None):
+        self.episode, self.t, self.tile_visited_count = self.episode + 1, 0, 0
+        return np.zeros((96, 96, 3), np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        self.tile_visited_count = min(self.t, 10)
+        end = self.t == self.lengths[self.episode]
+        ending = self.endings[self.episode] if end else None
+        info = {"lap_finished": ending == "lap"} if ending in ("lap", "off_playfield") else {}
+        reward = -100.0 if ending == "off_playfield" else 1.0
+        return np.zeros((96, 96, 3), np.uint8), reward, ending in ("lap", "off_playfield"), ending == "time_limit", info
+
+    def close(self):
+        raise AssertionError("run_policy_episodes must not close an env it was given")
+
+
+def test_run_policy_episodes_reads_gymnasium_endings():
+    env = _ScriptedEnd(lengths=[4, 7, 12, 50], endings=["lap", "off_playfield", "time_limit", None])
+    records = gb.run_policy_episodes(lambda o, s: (np.zeros(3), s), None, episodes=4, max_steps=20, env=env)
+    assert [r["ending"] for r in records] == ["lap", "off_playfield", "time_limit", "max_steps"]
+    assert [r["steps"] for r in records] == [4, 7, 12, 20]
+    assert [r["return"] for r in records] == [4.0, 6.0 - 100.0, 12.0, 20.0]
+    assert [r["tiles"] for r in records] == [0.4, 0.7, 1.0, 1.0]
+    assert set(r["ending"] for r in records) <= set(gb.ENDINGS)
+
+
+@needs_gym
+def test_run_policy_episodes_on_carracing_v3():
+    def full_gas(obs, state):
+        return np.array([0.0, 1.0, 0.0]), state
+
+    capped = gb.run_policy_episodes(full_gas, None, episodes=2, seed=3, max_steps=30)
+    assert [r["ending"] for r in capped] == ["max_steps", "max_steps"] and [r["steps"] for r in capped] == [30, 30]
+    assert all(0.0 < r["tiles"] < 0.2 for r in capped)  # the start straight's first tiles, no more
+    assert gb.run_policy(full_gas, None, episodes=1, seed=3, max_steps=30)[0] == pytest.approx(capped[0]["return"])
+    # gymnasium's own time limit (here 40 steps instead of 1000) is a truncation
+    env = gb.make_env(max_episode_steps=40)
+    try:
+        still = gb.run_policy_episodes(lambda o, s: (np.zeros(3), s), None, episodes=1, seed=3, env=env)[0]
+    finally:
+        env.close()
+    assert still["ending"] == "time_limit" and still["steps"] == 40
+    assert still["return"] == pytest.approx(-0.1 * 40 + 1000.0 * still["tiles"], abs=1e-3)  # 1000/N per tile

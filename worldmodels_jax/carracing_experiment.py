@@ -133,9 +133,22 @@ def make_host_policy(pipeline, mode: str, seed: int = 0):
     return act, (agent.init_carry(wm), jax.random.PRNGKey(seed), True)
 
 
+def _gymnasium_outcomes(records: list[dict]) -> dict:
+    """Per-episode returns, lengths, endings and tile coverage of `gymnasium_bridge.run_policy_episodes`, and
+    how many episodes ended each way."""
+    from worldmodels_jax.envs.gymnasium_bridge import ENDINGS
+
+    endings = [r["ending"] for r in records]
+    return {"returns": [float(r["return"]) for r in records], "steps": [int(r["steps"]) for r in records],
+            "endings": endings, "tiles": [float(r["tiles"]) for r in records],
+            "ending_counts": {e: endings.count(e) for e in ENDINGS},
+            "tiles_mean": float(np.mean([r["tiles"] for r in records]))}
+
+
 def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,
                           max_steps: int | None = None, env_id: str = "CarRacing-v3") -> dict:
-    """Runs each trained controller on gymnasium's CarRacing-v3 for `episodes` tracks (seeds seed..seed+N-1).
+    """Runs each trained controller on gymnasium's CarRacing-v3 for `episodes` tracks (seeds seed..seed+N-1),
+    recording each episode's return, length, ending (lap, off the playfield, time limit) and tile coverage.
 
     Frames are cropped to rows 0:84 and resized to 64x64 (`gymnasium_bridge.preprocess_frame`). Writes
     gymnasium_<env_id>.json into the run directory and returns its contents.
@@ -155,8 +168,8 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
     for mode in modes:
         act, state = make_host_policy(pipeline, mode, seed)
         start = time.perf_counter()
-        returns = gb.run_policy(act, state, episodes, seed=seed, max_steps=max_steps)
-        results[mode] = {**_summary(returns), "returns": [float(r) for r in returns],
+        records = gb.run_policy_episodes(act, state, episodes, seed=seed, max_steps=max_steps)
+        results[mode] = {**_summary([r["return"] for r in records]), **_gymnasium_outcomes(records),
                          "seconds": time.perf_counter() - start}
     payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "results": results}
     write_json_atomic(Path(pipeline.run.path) / f"gymnasium_{env_id}.json", payload)

@@ -185,7 +185,9 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
     else:
         print(f"{payload['env_id']}, {extra.episodes} tracks (seeds {extra.seed}..{extra.seed + extra.episodes - 1}):")
         for mode, r in payload["results"].items():
-            print(f"  {mode:>10}: {r['mean']:.1f} ± {r['std']:.1f}  ({r['seconds']:.0f} s)")
+            counts = ", ".join(f"{e.replace('_', ' ')} {n}" for e, n in r["ending_counts"].items() if n)
+            print(f"  {mode:>10}: {r['mean']:.1f} ± {r['std']:.1f}; tiles {100 * r['tiles_mean']:.0f}%, "
+                  f"endings: {counts}  ({r['seconds']:.0f} s)")
         print(f"wrote {args.out / ('gymnasium_' + payload['env_id'] + '.json')}")
     return 0
 

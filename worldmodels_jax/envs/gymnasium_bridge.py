@@ -7,7 +7,9 @@ The World Models code cropped each 96x96 frame to rows 0:84 (dropping the indica
 the package works without it; install it with `pip install -e '.[gymnasium]'`.
 
 - `run_policy(act, policy_state, episodes)`: per-episode returns of a host-side policy
-  `act(obs64, policy_state) -> (action, policy_state)`, for example a trained V + M + C pipeline.
+  `act(obs64, policy_state) -> (action, policy_state)`, for example a trained V + M + C pipeline;
+  `run_policy_episodes` also says how each episode ended (lap, off the playfield, time limit) and how
+  much of the track it covered.
 - `collect_random_rollouts(episodes)`: random-policy data as numpy arrays (obs, action, reward,
   terminated, truncated, first, valid), episode-major and padded to the longest episode.
 """
@@ -63,6 +65,59 @@ def _check_episodes(episodes: int, max_steps: int | None) -> None:
         raise ConfigError(f"max_steps must be >= 1 or None (gymnasium's 1000-step limit), got {max_steps!r}")
 
 
+ENDINGS = ("lap", "off_playfield", "time_limit", "max_steps")
+
+
+def run_policy_episodes(
+    act: Callable[[np.ndarray, Any], tuple[Any, Any]],
+    policy_state: Any,
+    episodes: int,
+    seed: int = 0,
+    continuous: bool = True,
+    max_steps: int | None = None,
+    env=None,
+) -> list[dict]:
+    """Run `act(obs64, policy_state) -> (action, policy_state)` for `episodes` episodes; one record each.
+
+    Every episode starts from the given `policy_state` (an RNN controller starts each episode afresh) on
+    track `seed + episode`. An episode ends at termination, gymnasium's 1000-step truncation, or after
+    `max_steps` steps when given. A record holds `return`, `steps`, `tiles` (the fraction of the track's tiles
+    visited) and `ending`, one of `ENDINGS`: "lap" (gymnasium's lap_finished), "off_playfield" (its -100 exit),
+    "time_limit" (its truncation) or "max_steps" (our cap).
+    """
+    _check_episodes(episodes, max_steps)
+    own = env is None
+    env = make_env(continuous) if own else env
+    records = []
+    try:
+        for ep in range(episodes):
+            frame, _ = env.reset(seed=seed + ep)
+            state = policy_state
+            total, t = 0.0, 0
+            while True:
+                action, state = act(preprocess_frame(frame), state)
+                action = np.asarray(action, np.float32) if continuous else int(action)
+                frame, reward, terminated, truncated, info = env.step(action)
+                total += float(reward)
+                t += 1
+                if terminated:
+                    ending = "lap" if info.get("lap_finished", False) else "off_playfield"
+                elif truncated:
+                    ending = "time_limit"
+                elif max_steps is not None and t >= max_steps:
+                    ending = "max_steps"
+                else:
+                    continue
+                break
+            track = env.unwrapped
+            records.append({"return": total, "steps": t, "ending": ending,
+                            "tiles": track.tile_visited_count / len(track.track)})
+    finally:
+        if own:
+            env.close()
+    return records
+
+
 def run_policy(
     act: Callable[[np.ndarray, Any], tuple[Any, Any]],
     policy_state: Any,
@@ -72,33 +127,9 @@ def run_policy(
     max_steps: int | None = None,
     env=None,
 ) -> np.ndarray:
-    """Run `act(obs64, policy_state) -> (action, policy_state)` for `episodes` episodes; return their returns.
-
-    Every episode starts from the given `policy_state` (an RNN controller starts each episode afresh) on
-    track `seed + episode`. An episode ends at termination, gymnasium's 1000-step truncation, or after
-    `max_steps` steps when given.
-    """
-    _check_episodes(episodes, max_steps)
-    own = env is None
-    env = make_env(continuous) if own else env
-    returns = np.zeros(episodes, np.float64)
-    try:
-        for ep in range(episodes):
-            frame, _ = env.reset(seed=seed + ep)
-            state = policy_state
-            t = 0
-            while True:
-                action, state = act(preprocess_frame(frame), state)
-                action = np.asarray(action, np.float32) if continuous else int(action)
-                frame, reward, terminated, truncated, _ = env.step(action)
-                returns[ep] += reward
-                t += 1
-                if terminated or truncated or (max_steps is not None and t >= max_steps):
-                    break
-    finally:
-        if own:
-            env.close()
-    return returns
+    """The per-episode returns of `run_policy_episodes` (same arguments), as a float64 array."""
+    records = run_policy_episodes(act, policy_state, episodes, seed, continuous, max_steps, env)
+    return np.array([r["return"] for r in records], np.float64)
 
 
 def collect_random_rollouts(
@@ -155,4 +186,5 @@ def collect_random_rollouts(
     return out
 
 
-__all__ = ["preprocess_frame", "make_env", "run_policy", "collect_random_rollouts", "ENV_ID"]
+__all__ = ["preprocess_frame", "make_env", "run_policy", "run_policy_episodes", "ENDINGS", "collect_random_rollouts",
+           "ENV_ID"]
