@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import importlib.util
+import types
 
 import numpy as np
 import pytest
@@ -107,6 +108,10 @@ class _ScriptedEnd:
     def __init__(self, lengths, endings):
         self.lengths, self.endings, self.episode = lengths, endings, -1
         self.unwrapped, self.track = self, [None] * 10
+        # heading pi/2 (pointing along -x), moving at 3 units/s along -x: forward speed 3; one wheel on a tile
+        # on every second step
+        hull = types.SimpleNamespace(angle=np.pi / 2, linearVelocity=(-3.0, 0.0))
+        self.car = types.SimpleNamespace(hull=hull, wheels=[types.SimpleNamespace(tiles=set()) for _ in range(4)])
 
     def reset(self, seed=None):
         self.episode, self.t, self.tile_visited_count = self.episode + 1, 0, 0
@@ -114,6 +119,7 @@ class _ScriptedEnd:
 
     def step(self, action):
         self.t += 1
+        self.car.wheels[2].tiles = {0} if self.t % 2 == 0 else set()
         self.tile_visited_count = min(self.t, 10)
         end = self.t == self.lengths[self.episode]
         ending = self.endings[self.episode] if end else None
@@ -132,6 +138,8 @@ def test_run_policy_episodes_reads_gymnasium_endings():
     assert [r["steps"] for r in records] == [4, 7, 12, 20]
     assert [r["return"] for r in records] == [4.0, 6.0 - 100.0, 12.0, 20.0]
     assert [r["tiles"] for r in records] == [0.4, 0.7, 1.0, 1.0]
+    assert [r["forward_speed"] for r in records] == pytest.approx([3.0] * 4)
+    assert [r["on_road"] for r in records] == [2 / 4, 3 / 7, 6 / 12, 10 / 20]
     assert set(r["ending"] for r in records) <= set(gb.ENDINGS)
 
 
@@ -143,6 +151,9 @@ def test_run_policy_episodes_on_carracing_v3():
     capped = gb.run_policy_episodes(full_gas, None, episodes=2, seed=3, max_steps=30)
     assert [r["ending"] for r in capped] == ["max_steps", "max_steps"] and [r["steps"] for r in capped] == [30, 30]
     assert all(0.0 < r["tiles"] < 0.2 for r in capped)  # the start straight's first tiles, no more
+    assert all(r["on_road"] == 1.0 for r in capped)
+    # 30 steps of full gas: the speeds of docs/carracing.md ("Car dynamics": 7.0, 11.4, 24.5 after 5, 10, 25)
+    assert all(8.0 < r["forward_speed"] < 20.0 for r in capped)
     assert gb.run_policy(full_gas, None, episodes=1, seed=3, max_steps=30)[0] == pytest.approx(capped[0]["return"])
     # gymnasium's own time limit (here 40 steps instead of 1000) is a truncation
     env = gb.make_env(max_episode_steps=40)

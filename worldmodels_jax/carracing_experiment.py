@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldmodels_jax.errors import ConfigError
+from worldmodels_jax.rollouts import summarize_returns
 from worldmodels_jax.rundir import write_json_atomic
 
 ROWS = (("random", "Random"), ("scripted", "Scripted driver"), ("z", "V only, z"),
@@ -59,11 +60,6 @@ def scripted_driver_returns(env, env_params, key: jax.Array, episodes: int, max_
     return jax.jit(jax.vmap(one))(jax.random.split(key, episodes))
 
 
-def _summary(returns) -> dict:
-    returns = np.asarray(returns, np.float64)
-    return {"mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size)}
-
-
 def carracing_table(pipeline) -> dict:
     """The table | Method | Mean ± std | for a finished CarRacing run; writes carracing_table.{md,json}.
 
@@ -83,7 +79,7 @@ def carracing_table(pipeline) -> dict:
     def scripted():
         returns = scripted_driver_returns(pipeline.env, pipeline.env_params, pipeline.key("evaluate"),
                                           cfg.episodes, max_steps)
-        return {"results": {"scripted": _summary(jax.device_get(returns))}}
+        return {"results": {"scripted": summarize_returns(jax.device_get(returns))}}
 
     scripted_record = pipeline._timed("evaluate-scripted", scripted)
     results = {**evaluated["results"], **scripted_record["results"]}
@@ -134,21 +130,24 @@ def make_host_policy(pipeline, mode: str, seed: int = 0):
 
 
 def _gymnasium_outcomes(records: list[dict]) -> dict:
-    """Per-episode returns, lengths, endings and tile coverage of `gymnasium_bridge.run_policy_episodes`, and
-    how many episodes ended each way."""
+    """Per-episode returns, lengths, endings, tile coverage, forward speed and time on the road of
+    `gymnasium_bridge.run_policy_episodes`, their means, and how many episodes ended each way."""
     from worldmodels_jax.envs.gymnasium_bridge import ENDINGS
 
     endings = [r["ending"] for r in records]
     return {"returns": [float(r["return"]) for r in records], "steps": [int(r["steps"]) for r in records],
             "endings": endings, "tiles": [float(r["tiles"]) for r in records],
+            "forward_speed": [float(r["forward_speed"]) for r in records],
+            "on_road": [float(r["on_road"]) for r in records],
             "ending_counts": {e: endings.count(e) for e in ENDINGS},
-            "tiles_mean": float(np.mean([r["tiles"] for r in records]))}
+            **{f"{k}_mean": float(np.mean([r[k] for r in records])) for k in ("tiles", "forward_speed", "on_road")}}
 
 
 def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,
                           max_steps: int | None = None, env_id: str = "CarRacing-v3") -> dict:
     """Runs each trained controller on gymnasium's CarRacing-v3 for `episodes` tracks (seeds seed..seed+N-1),
-    recording each episode's return, length, ending (lap, off the playfield, time limit) and tile coverage.
+    recording each episode's return, length, ending (lap, off the playfield, time limit), tile coverage, forward
+    speed and time on the road.
 
     Frames are cropped to rows 0:84 and resized to 64x64 (`gymnasium_bridge.preprocess_frame`). Writes
     gymnasium_<env_id>.json into the run directory and returns its contents.
@@ -169,7 +168,7 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
         act, state = make_host_policy(pipeline, mode, seed)
         start = time.perf_counter()
         records = gb.run_policy_episodes(act, state, episodes, seed=seed, max_steps=max_steps)
-        results[mode] = {**_summary([r["return"] for r in records]), **_gymnasium_outcomes(records),
+        results[mode] = {**summarize_returns([r["return"] for r in records]), **_gymnasium_outcomes(records),
                          "seconds": time.perf_counter() - start}
     payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "results": results}
     write_json_atomic(Path(pipeline.run.path) / f"gymnasium_{env_id}.json", payload)

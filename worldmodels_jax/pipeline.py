@@ -36,7 +36,7 @@ from worldmodels_jax.models.controller import Controller, ControllerConfig, acti
 from worldmodels_jax.models.memory import init_memory, make_memory
 from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count, param_shapes
 from worldmodels_jax.rollouts import (Agent, EpisodeStats, WorldModelParams, evaluate_params, population_returns,
-                                      random_policy_returns)
+                                      random_policy_returns, summarize_returns)
 from worldmodels_jax.rundir import RunDir, to_jsonable
 from worldmodels_jax.train.mdn import SequenceData, make_evaluate_nll, make_mdn_trainer
 from worldmodels_jax.train.vae import make_vae_trainer
@@ -629,7 +629,7 @@ class Pipeline:
             self.env, self.env_params, agent, wm, p, k, cfg.episodes, max_steps,
             self.config.controller.chunk_steps, self.mesh))(self.replicated(self.controller_params(mode)),
                                                             self.key("evaluate"))
-        return _summary(episodes.returns)
+        return summarize_returns(episodes.returns)
 
     def _evaluate(self):
         cfg = self.config.evaluate
@@ -643,7 +643,7 @@ class Pipeline:
                 bar.update(1)
             stats = jax.jit(lambda k: random_policy_returns(self.env, self.env_params, k, cfg.episodes, max_steps,
                                                             mesh=self.mesh))(key)
-            results["random"] = _summary(stats.returns)
+            results["random"] = summarize_returns(stats.returns)
             bar.update(1)
         return {"results": results, "devices": self.mesh.size}
 
@@ -691,8 +691,3 @@ class ControllerTraining(NamedTuple):
     mean_params: Callable  # mean_params(state) -> C's parameters
     evaluate: Callable  # evaluate(params, key) -> EpisodeStats, where C trains (the real env or M's dream)
     evaluate_real: Callable  # the same in the real env, V and M in the loop
-
-
-def _summary(returns) -> dict:
-    returns = np.asarray(returns, np.float64)
-    return {"mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size)}

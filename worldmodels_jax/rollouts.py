@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -140,6 +141,12 @@ class EpisodeStats:
     returns: jax.Array  # [B]
     lengths: jax.Array  # [B]
     terminated: jax.Array  # [B] ended by termination (not truncation)
+
+
+def summarize_returns(returns) -> dict:
+    """Host-side mean, std and count of per-episode returns, as plain floats for JSON."""
+    returns = np.asarray(returns, np.float64)
+    return {"mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size)}
 
 
 def run_episodes(env, env_params, agent: Agent, wm_params: WorldModelParams, c_params, keys: jax.Array,

@@ -28,7 +28,7 @@ from worldmodels_jax.errors import ConfigError, NonFiniteError
 from worldmodels_jax.evolution import ESConfig, es_state_is_finite, make_evolution
 from worldmodels_jax.models.controller import init_controller
 from worldmodels_jax.models.vae import param_shapes
-from worldmodels_jax.rollouts import evaluate_params, population_returns, random_policy_returns
+from worldmodels_jax.rollouts import evaluate_params, population_returns, random_policy_returns, summarize_returns
 from worldmodels_jax.rundir import write_json_atomic
 
 TEMPERATURES = (0.10, 0.50, 1.00, 1.15, 1.30)
@@ -45,11 +45,6 @@ def tau_tag(temperature: float) -> str:
 def _tau_key(root: jax.Array, temperature: float, purpose: int) -> jax.Array:
     """A key per (τ, purpose) that does not depend on Python's salted string hash."""
     return jax.random.fold_in(jax.random.fold_in(root, int(round(temperature * 1000))), purpose)
-
-
-def _summary(returns) -> dict:
-    returns = np.asarray(returns, np.float64)
-    return {"mean": float(returns.mean()), "std": float(returns.std()), "episodes": int(returns.size)}
 
 
 def _dream(pipeline, temperature: float):
@@ -157,7 +152,7 @@ def score_in_dream_and_real(pipeline, temperature: float, c_params, mode: str, e
                                                 episodes, pipeline._max_steps(0), ccfg.chunk_steps,
                                                 pipeline.mesh).returns)
     c_params = pipeline.replicated(c_params)
-    return {"dream": _summary(dream(c_params, key_dream)), "real": _summary(real(c_params, key_real))}
+    return {"dream": summarize_returns(dream(c_params, key_dream)), "real": summarize_returns(real(c_params, key_real))}
 
 
 def score_random(pipeline, episodes: int, key: jax.Array, dream_temperature: float = 1.0) -> dict:
@@ -168,7 +163,8 @@ def score_random(pipeline, episodes: int, key: jax.Array, dream_temperature: flo
                                   mesh=pipeline.mesh)
     real = random_policy_returns(pipeline.env, pipeline.env_params, key_real, episodes, pipeline._max_steps(0),
                                  mesh=pipeline.mesh)
-    return {"dream": _summary(dream.returns), "real": _summary(real.returns), "dream_temperature": dream_temperature}
+    return {"dream": summarize_returns(dream.returns), "real": summarize_returns(real.returns),
+            "dream_temperature": dream_temperature}
 
 
 def temperature_table(pipeline, temperatures=TEMPERATURES, episodes: int | None = None,

@@ -68,6 +68,12 @@ def _check_episodes(episodes: int, max_steps: int | None) -> None:
 ENDINGS = ("lap", "off_playfield", "time_limit", "max_steps")
 
 
+def _forward_speed(hull) -> float:
+    """The Box2D hull's velocity along its heading (the car points along its body +y axis)."""
+    vx, vy = hull.linearVelocity
+    return float(-vx * np.sin(hull.angle) + vy * np.cos(hull.angle))
+
+
 def run_policy_episodes(
     act: Callable[[np.ndarray, Any], tuple[Any, Any]],
     policy_state: Any,
@@ -82,8 +88,10 @@ def run_policy_episodes(
     Every episode starts from the given `policy_state` (an RNN controller starts each episode afresh) on
     track `seed + episode`. An episode ends at termination, gymnasium's 1000-step truncation, or after
     `max_steps` steps when given. A record holds `return`, `steps`, `tiles` (the fraction of the track's tiles
-    visited) and `ending`, one of `ENDINGS`: "lap" (gymnasium's lap_finished), "off_playfield" (its -100 exit),
-    "time_limit" (its truncation) or "max_steps" (our cap).
+    visited), `ending`, one of `ENDINGS`: "lap" (gymnasium's lap_finished), "off_playfield" (its -100 exit),
+    "time_limit" (its truncation) or "max_steps" (our cap), and, averaged over the episode's steps,
+    `forward_speed` (the hull's velocity along its heading) and `on_road` (the share of steps with a wheel on
+    a tile, gymnasium's own contact test).
     """
     _check_episodes(episodes, max_steps)
     own = env is None
@@ -93,13 +101,16 @@ def run_policy_episodes(
         for ep in range(episodes):
             frame, _ = env.reset(seed=seed + ep)
             state = policy_state
-            total, t = 0.0, 0
+            total, t, speed, on_road = 0.0, 0, 0.0, 0
             while True:
                 action, state = act(preprocess_frame(frame), state)
                 action = np.asarray(action, np.float32) if continuous else int(action)
                 frame, reward, terminated, truncated, info = env.step(action)
                 total += float(reward)
                 t += 1
+                car = env.unwrapped.car
+                speed += _forward_speed(car.hull)
+                on_road += any(len(wheel.tiles) > 0 for wheel in car.wheels)
                 if terminated:
                     ending = "lap" if info.get("lap_finished", False) else "off_playfield"
                 elif truncated:
@@ -111,7 +122,8 @@ def run_policy_episodes(
                 break
             track = env.unwrapped
             records.append({"return": total, "steps": t, "ending": ending,
-                            "tiles": track.tile_visited_count / len(track.track)})
+                            "tiles": track.tile_visited_count / len(track.track),
+                            "forward_speed": speed / t, "on_road": on_road / t})
     finally:
         if own:
             env.close()
