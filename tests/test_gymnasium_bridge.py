@@ -133,13 +133,15 @@ class _ScriptedEnd:
 
 def test_run_policy_episodes_reads_gymnasium_endings():
     env = _ScriptedEnd(lengths=[4, 7, 12, 50], endings=["lap", "off_playfield", "time_limit", None])
-    records = gb.run_policy_episodes(lambda o, s: (np.zeros(3), s), None, episodes=4, max_steps=20, env=env)
+    records = gb.run_policy_episodes(lambda o, s: (np.array([-0.5, 0.25, 0.0]), s), None, episodes=4,
+                                     max_steps=20, env=env)
     assert [r["ending"] for r in records] == ["lap", "off_playfield", "time_limit", "max_steps"]
     assert [r["steps"] for r in records] == [4, 7, 12, 20]
     assert [r["return"] for r in records] == [4.0, 6.0 - 100.0, 12.0, 20.0]
     assert [r["tiles"] for r in records] == [0.4, 0.7, 1.0, 1.0]
     assert [r["forward_speed"] for r in records] == pytest.approx([3.0] * 4)
     assert [r["on_road"] for r in records] == [2 / 4, 3 / 7, 6 / 12, 10 / 20]
+    assert all((r["steer"], r["gas"], r["brake"]) == (-0.5, 0.25, 0.0) for r in records)
     assert set(r["ending"] for r in records) <= set(gb.ENDINGS)
 
 
@@ -154,6 +156,7 @@ def test_run_policy_episodes_on_carracing_v3():
     assert all(r["on_road"] == 1.0 for r in capped)
     # 30 steps of full gas: the speeds of docs/carracing.md ("Car dynamics": 7.0, 11.4, 24.5 after 5, 10, 25)
     assert all(8.0 < r["forward_speed"] < 20.0 for r in capped)
+    assert all((r["steer"], r["gas"], r["brake"]) == (0.0, 1.0, 0.0) for r in capped)
     assert gb.run_policy(full_gas, None, episodes=1, seed=3, max_steps=30)[0] == pytest.approx(capped[0]["return"])
     # gymnasium's own time limit (here 40 steps instead of 1000) is a truncation
     env = gb.make_env(max_episode_steps=40)

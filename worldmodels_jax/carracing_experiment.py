@@ -131,7 +131,8 @@ def make_host_policy(pipeline, mode: str, seed: int = 0):
 
 def _gymnasium_outcomes(records: list[dict]) -> dict:
     """Per-episode returns, lengths, endings, tile coverage, forward speed and time on the road of
-    `gymnasium_bridge.run_policy_episodes`, their means, and how many episodes ended each way."""
+    `gymnasium_bridge.run_policy_episodes`, their means (and those of the steer, gas and brake sent), and how
+    many episodes ended each way."""
     from worldmodels_jax.envs.gymnasium_bridge import ENDINGS
 
     endings = [r["ending"] for r in records]
@@ -140,7 +141,8 @@ def _gymnasium_outcomes(records: list[dict]) -> dict:
             "forward_speed": [float(r["forward_speed"]) for r in records],
             "on_road": [float(r["on_road"]) for r in records],
             "ending_counts": {e: endings.count(e) for e in ENDINGS},
-            **{f"{k}_mean": float(np.mean([r[k] for r in records])) for k in ("tiles", "forward_speed", "on_road")}}
+            **{f"{k}_mean": float(np.mean([r[k] for r in records]))
+               for k in ("tiles", "forward_speed", "on_road", "steer", "gas", "brake")}}
 
 
 def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,

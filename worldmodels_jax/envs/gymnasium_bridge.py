@@ -90,8 +90,9 @@ def run_policy_episodes(
     `max_steps` steps when given. A record holds `return`, `steps`, `tiles` (the fraction of the track's tiles
     visited), `ending`, one of `ENDINGS`: "lap" (gymnasium's lap_finished), "off_playfield" (its -100 exit),
     "time_limit" (its truncation) or "max_steps" (our cap), and, averaged over the episode's steps,
-    `forward_speed` (the hull's velocity along its heading) and `on_road` (the share of steps with a wheel on
-    a tile, gymnasium's own contact test).
+    `forward_speed` (the hull's velocity along its heading), `on_road` (the share of steps with a wheel on
+    a tile, gymnasium's own contact test) and, for continuous actions, the `steer`, `gas` and `brake` the
+    policy sent.
     """
     _check_episodes(episodes, max_steps)
     own = env is None
@@ -101,10 +102,11 @@ def run_policy_episodes(
         for ep in range(episodes):
             frame, _ = env.reset(seed=seed + ep)
             state = policy_state
-            total, t, speed, on_road = 0.0, 0, 0.0, 0
+            total, t, speed, on_road, controls = 0.0, 0, 0.0, 0, np.zeros(3)
             while True:
                 action, state = act(preprocess_frame(frame), state)
                 action = np.asarray(action, np.float32) if continuous else int(action)
+                controls += action if continuous else 0.0
                 frame, reward, terminated, truncated, info = env.step(action)
                 total += float(reward)
                 t += 1
@@ -123,7 +125,9 @@ def run_policy_episodes(
             track = env.unwrapped
             records.append({"return": total, "steps": t, "ending": ending,
                             "tiles": track.tile_visited_count / len(track.track),
-                            "forward_speed": speed / t, "on_road": on_road / t})
+                            "forward_speed": speed / t, "on_road": on_road / t,
+                            **({k: float(v) for k, v in zip(("steer", "gas", "brake"), controls / t)}
+                               if continuous else {})})
     finally:
         if own:
             env.close()
