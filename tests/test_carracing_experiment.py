@@ -340,6 +340,13 @@ def test_episode_outcomes_known_answers():
     assert o["tiles_visited"] == pytest.approx((0.6 + 1.0 + 0.4) / 3)
     assert o["steps_mean"] == pytest.approx(10 / 3) and o["forward_speed_mean"] == pytest.approx((1 + 2 + 0.5) / 3)
     assert o["on_road"] == pytest.approx((2 / 3 + 3 / 5 + 1 / 2) / 3)
+    assert "sent_gas_mean" not in o  # only where the probe recorded the actions sent
+    sent_brake = np.where(alive, np.tile([0.5, 0.0, 1.0, 0.5, 0.0], (3, 1)), 9.0)  # 9 once ended: not counted
+    sent = episode_outcomes({"alive": alive, "reward": reward, "lap": lap, "off": off, "tiles": tiles,
+                             "forward_speed": speed, "on_road": on_road, "sent_gas": np.full((3, steps), 0.25),
+                             "sent_brake": sent_brake})
+    assert sent["sent_gas_mean"] == pytest.approx(0.25)
+    assert sent["sent_brake_mean"] == pytest.approx((1.5 / 3 + 2.0 / 5 + 0.5 / 2) / 3)
 
 
 def test_outcomes_by_window_known_answers():

@@ -143,7 +143,8 @@ def probe_r2(features: dict, targets, use, target_names: tuple[str, ...] = PROBE
 def episode_outcomes(records: dict) -> dict:
     """How the probe's episodes ended, from per-step [episodes, steps] records: each episode's return, whether it
     finished the lap, left the playfield or ran out of steps, the share of tiles it visited, its mean forward speed,
-    and the share of its steps with the car's centre on the road."""
+    the share of its steps with the car's centre on the road and, where recorded (`sent_gas`, `sent_brake`), the
+    mean gas and brake the policy sent."""
     alive = np.asarray(records["alive"], bool)
     lap = (np.asarray(records["lap"], bool) & alive).any(1)
     off = (np.asarray(records["off"], bool) & alive).any(1)
@@ -153,11 +154,13 @@ def episode_outcomes(records: dict) -> dict:
     steps = np.maximum(alive.sum(1), 1)
     speed = (np.asarray(records["forward_speed"]) * alive).sum(1) / steps
     on_road = (np.asarray(records["on_road"], bool) & alive).sum(1) / steps
+    sent = {f"{name}_mean": float(((np.asarray(records[name], np.float64) * alive).sum(1) / steps).mean())
+            for name in ("sent_gas", "sent_brake") if name in records}
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
             "lap_finished": float(lap.mean()), "off_playfield": float(off.mean()),
             "out_of_steps": float((~lap & ~off).mean()), "tiles_visited": float(tiles.mean()),
             "steps_mean": float(alive.sum(1).mean()), "forward_speed_mean": float(speed.mean()),
-            "on_road": float(on_road.mean()), "returns": [float(r) for r in returns]}
+            "on_road": float(on_road.mean()), **sent, "returns": [float(r) for r in returns]}
 
 
 TIMELINE_WINDOW = 250
@@ -244,6 +247,8 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
                       **car_motion(state), **road_pose(state)}
             n_tiles = state.n_tiles
             record["on_road"] = sample_distance(state.texture, state.pos, env_params.playfield) < env_params.track_width
+            if jnp.shape(action) == (3,):  # continuous: the gas and brake sent, beside the throttle applied
+                record.update(sent_gas=action[1], sent_brake=action[2])
             obs, state, reward, terminated, truncated, info = env.step(env_key, state, action, env_params)
             record.update(reward=reward, lap=info["lap_finished"], off=info["off_playfield"],
                           tiles=info["tiles_visited"] / n_tiles)
@@ -290,7 +295,9 @@ def probe_markdown(probe: dict) -> str:
               f"playfield {o['off_playfield']:.0%}, "
               f"out of steps {o['out_of_steps']:.0%}; {o['tiles_visited']:.0%} of tiles visited, "
               f"{o['steps_mean']:.0f} steps, mean forward speed {o['forward_speed_mean']:.1f} and "
-              f"{o['on_road']:.0%} of steps on the road per episode."]
+              f"{o['on_road']:.0%} of steps on the road per episode"
+              + (f"; it sent gas {o['sent_gas_mean']:.2f} and brake {o['sent_brake_mean']:.2f} on average."
+                 if "sent_gas_mean" in o else ".")]
     if "timeline" in probe:
         lines += ["", "Over the episode (running episodes only, reward per episode of all):", "",
                   "| steps | running | reward | forward speed | steer | gas | on the road |", "|---|---|---|---|---|---|---|"]
