@@ -328,6 +328,30 @@ def test_straight_line_dynamics_match_gymnasium():
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=0.03, atol=0.3)
 
 
+@pytest.mark.skipif(not HAS_BOX2D, reason="needs gymnasium[box2d]")
+@pytest.mark.parametrize("gas", [0.1, 0.25])
+def test_light_throttle_speed_matches_gymnasium(gas):
+    # the throttle trained controllers use (0.1-0.25 on average); gymnasium's gas rises 0.1 per step at most
+    import gymnasium as gym
+
+    genv = gym.make("CarRacing-v3").unwrapped
+    genv.reset(seed=3)
+    ref = []
+    for _ in range(100):
+        genv.step(np.array([0.0, gas, 0.0]))
+        ref.append(np.hypot(*genv.car.hull.linearVelocity))
+    genv.close()
+    _, st = _reset(jax.random.PRNGKey(3), PARAMS)
+
+    def body(s, a):
+        s = ENV.step_env(jax.random.PRNGKey(0), s, a, PARAMS)[1]
+        return s, jnp.linalg.norm(s.vel)
+
+    _, ours = jax.lax.scan(body, st, jnp.tile(jnp.array([0.0, gas, 0.0]), (100, 1)))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=0.01, atol=0.1)
+    assert 25.0 < ref[-1] < 50.0  # well below full gas's 85 after 100 steps
+
+
 def test_bad_configuration_and_actions_raise_clear_errors(start):
     with pytest.raises(ConfigError, match="max_tiles"):
         cr.CarRacing(max_tiles=0)
