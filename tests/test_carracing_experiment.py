@@ -124,7 +124,8 @@ def test_wmj_evaluate_gymnasium_runs_a_trained_run_on_carracing_v3(tmp_path, cap
     _untrained_carracing_run(out)
     args = ["evaluate", "--gymnasium", "CarRacing-v3", "--out", str(out), "--episodes", "2", "--max-steps", "15"]
     assert wmj(args) == 0
-    assert "CarRacing-v3, 2 tracks" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "CarRacing-v3, 2 tracks" in printed and "endings: max steps 2" in printed
     payload = json.loads((out / "gymnasium_CarRacing-v3.json").read_text())
     result = payload["results"]["z"]
     assert result["episodes"] == 2 and len(result["returns"]) == 2

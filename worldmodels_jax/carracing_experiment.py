@@ -142,7 +142,7 @@ def _gymnasium_outcomes(records: list[dict]) -> dict:
             "on_road": [float(r["on_road"]) for r in records],
             "ending_counts": {e: endings.count(e) for e in ENDINGS},
             **{f"{k}_mean": float(np.mean([r[k] for r in records]))
-               for k in ("tiles", "forward_speed", "on_road", "steer", "gas", "brake")}}
+               for k in ("tiles", "forward_speed", "on_road", "steer", "gas", "brake") if k in records[0]}}
 
 
 def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,

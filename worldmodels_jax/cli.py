@@ -188,8 +188,8 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
             counts = ", ".join(f"{e.replace('_', ' ')} {n}" for e, n in r["ending_counts"].items() if n)
             print(f"  {mode:>10}: {r['mean']:.1f} ± {r['std']:.1f}; tiles {100 * r['tiles_mean']:.0f}%, "
                   f"forward speed {r['forward_speed_mean']:.1f}, on the road {100 * r['on_road_mean']:.0f}%, "
-                  f"gas {r['gas_mean']:.2f}, brake {r['brake_mean']:.2f}, "
-                  f"endings: {counts}  ({r['seconds']:.0f} s)")
+                  + (f"gas {r['gas_mean']:.2f}, brake {r['brake_mean']:.2f}, " if "gas_mean" in r else "")
+                  + f"endings: {counts}  ({r['seconds']:.0f} s)")
         print(f"wrote {args.out / ('gymnasium_' + payload['env_id'] + '.json')}")
     return 0
 
