@@ -105,8 +105,11 @@ def run_policy_episodes(
             total, t, speed, on_road, controls = 0.0, 0, 0.0, 0, np.zeros(3)
             while True:
                 action, state = act(preprocess_frame(frame), state)
-                action = np.asarray(action, np.float32) if continuous else int(action)
-                controls += action if continuous else 0.0
+                if continuous:
+                    action = np.asarray(action, np.float32)
+                    controls += action
+                else:
+                    action = int(action)
                 frame, reward, terminated, truncated, info = env.step(action)
                 total += float(reward)
                 t += 1
