@@ -352,6 +352,46 @@ def test_light_throttle_speed_matches_gymnasium(gas):
     assert 25.0 < ref[-1] < 50.0  # well below full gas's 85 after 100 steps
 
 
+class _RoadEverywhere:  # a stand-in tile: gymnasium's wheels take the best road_friction among their tiles
+    road_friction = 1.0
+
+
+@pytest.mark.skipif(not HAS_BOX2D, reason="needs gymnasium[box2d]")
+@pytest.mark.parametrize("steer,gas", [(0.3, 0.1), (-1.0, 0.25)])
+def test_turning_dynamics_match_gymnasium(steer, gas):
+    # 60 steps of gas 0.25, then 60 of a constant turn; road friction under every wheel in both envs, so the
+    # comparison is of the car alone, not of two different tracks. -1.0 drives the steering joint to its limit.
+    import gymnasium as gym
+
+    actions = np.array([[0.0, 0.25, 0.0]] * 60 + [[steer, gas, 0.0]] * 60)
+    genv = gym.make("CarRacing-v3").unwrapped
+    genv.reset(seed=3)
+    start = genv.car.hull.angle
+    ref = []
+    for a in actions:
+        for wheel in genv.car.wheels:
+            wheel.tiles.add(_RoadEverywhere)
+        genv.step(a)
+        hull = genv.car.hull
+        ref.append([np.hypot(*hull.linearVelocity), hull.angularVelocity, hull.angle - start])
+    genv.close()
+    params = PARAMS.replace(grass_friction=1.0)
+    _, st = _reset(jax.random.PRNGKey(3), params)
+
+    def body(s, a):
+        s = ENV.step_env(jax.random.PRNGKey(0), s, a, params)[1]
+        return s, jnp.stack([jnp.linalg.norm(s.vel), s.ang_vel, s.angle - st.angle])
+
+    ours = np.asarray(jax.lax.scan(body, st, jnp.asarray(actions, jnp.float32))[1])
+    ref = np.asarray(ref)
+    np.testing.assert_allclose(ours[:60], ref[:60], rtol=0.01, atol=0.1)  # the straight run-up
+    turning = slice(70, 120)  # from 10 steps into the turn: gymnasium's compliant steering joint lags ours at first
+    np.testing.assert_allclose(ours[turning, 0], ref[turning, 0], rtol=0.02)  # speed
+    np.testing.assert_allclose(ours[turning, 1], ref[turning, 1], rtol=0.05)  # yaw rate
+    np.testing.assert_allclose(ours[turning, 2], ref[turning, 2], atol=0.1)  # heading
+    assert abs(ref[-1, 2]) > 3.0 and np.sign(ref[-1, 2]) == -np.sign(steer)  # it really turned, the right way
+
+
 def test_bad_configuration_and_actions_raise_clear_errors(start):
     with pytest.raises(ConfigError, match="max_tiles"):
         cr.CarRacing(max_tiles=0)

@@ -136,6 +136,10 @@ def test_wmj_evaluate_gymnasium_runs_a_trained_run_on_carracing_v3(tmp_path, cap
     assert result["tiles_mean"] == pytest.approx(np.mean(result["tiles"]))
     assert wmj(args[:-4] + ["--episodes", "1", "--mode", "z_h"]) == 2  # a mode the run did not train
     assert "was not trained" in capsys.readouterr().err
+    assert wmj(args + ["--frames", "ours"]) == 0  # V sees our renderer's frames of the same car and track
+    ours = json.loads((out / "gymnasium_CarRacing-v3_frames-ours.json").read_text())
+    assert ours["frames"] == "ours" and ours["results"]["z"]["steps"] == [15, 15]
+    assert payload["frames"] == "gymnasium"  # kept apart from the run on gymnasium's own frames
 
 
 def test_wmj_evaluate_gymnasium_without_gymnasium_names_the_extra(tmp_path, monkeypatch, capsys):

@@ -166,3 +166,59 @@ def test_run_policy_episodes_on_carracing_v3():
         env.close()
     assert still["ending"] == "time_limit" and still["steps"] == 40
     assert still["return"] == pytest.approx(-0.1 * 40 + 1000.0 * still["tiles"], abs=1e-3)  # 1000/N per tile
+
+
+def test_bad_frames_choice():
+    with pytest.raises(ConfigError, match="frames must be one of"):
+        gb.run_policy(lambda o, s: (np.zeros(3), s), None, episodes=1, frames="pixels")
+
+
+@needs_gym
+def test_our_render_matches_gymnasium_frames_after_the_zoom():
+    # Oracle for our renderer: gymnasium's car pose on gymnasium's track, drawn by both. During the first
+    # second gymnasium's camera zooms in (ours does not); after it, only kerbs and tile shades differ.
+    import jax
+
+    from worldmodels_jax.envs import carracing as cr
+
+    env = gb.make_env()
+    genv = env.unwrapped
+    ours = gb.OurFrames()
+    drive = jax.jit(lambda s: cr.scripted_driver(s, ours.params))
+    stats = {"zoom": [], "after": []}
+    try:
+        frame, _ = env.reset(seed=1)
+        texture = gb.state_from_gymnasium(genv, ours.env, ours.params).texture  # one track: build it once
+        for t in range(120):
+            theirs, mine = gb.preprocess_frame(frame).astype(np.int16), ours(genv, t).astype(np.int16)
+            road_theirs, road_mine = theirs[..., 1] < 150, mine[..., 1] < 150  # grey road against green grass
+            stats["zoom" if t < gb.ZOOM_STEPS else "after"].append(
+                (np.abs(theirs - mine).mean(), (road_theirs == road_mine).mean(), road_mine.mean()))
+            state = gb.state_from_gymnasium(genv, ours.env, ours.params, t, texture)
+            frame, *_ = env.step(np.asarray(drive(state), np.float64))
+    finally:
+        env.close()
+    zoom, after = np.asarray(stats["zoom"]), np.asarray(stats["after"])
+    assert after[:, 0].mean() < 5.0 and after[:, 1].min() > 0.98  # mean |difference| per channel (of 255)
+    assert 0.1 < after[:, 2].mean() < 0.5  # the frames do show road
+    assert zoom[5:, 0].mean() > 10.0 and zoom[5:, 1].mean() < 0.9  # the zoom really differs
+    assert genv.car.hull.linearVelocity.length > 20.0  # the scripted driver drove (on gymnasium's physics)
+
+
+@needs_gym
+def test_run_policy_with_our_frames():
+    seen = []
+
+    def record(obs, state):
+        seen.append(obs)
+        return np.array([0.0, 0.5, 0.0]), state
+
+    mixed = gb.run_policy_episodes(record, None, episodes=1, seed=2, max_steps=gb.ZOOM_STEPS + 5,
+                                   frames="ours_during_zoom")[0]
+    zoomed = seen[:]
+    seen.clear()
+    native = gb.run_policy_episodes(record, None, episodes=1, seed=2, max_steps=gb.ZOOM_STEPS + 5)[0]
+    assert mixed["return"] == pytest.approx(native["return"])  # same actions, same physics
+    assert all(o.shape == (64, 64, 3) and o.dtype == np.uint8 for o in zoomed)
+    assert np.abs(zoomed[10].astype(int) - seen[10]).mean() > 10.0  # ours during the zoom
+    np.testing.assert_array_equal(zoomed[gb.ZOOM_STEPS:], seen[gb.ZOOM_STEPS:])  # gymnasium's after it

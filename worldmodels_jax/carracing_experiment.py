@@ -146,13 +146,15 @@ def _gymnasium_outcomes(records: list[dict]) -> dict:
 
 
 def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,
-                          max_steps: int | None = None, env_id: str = "CarRacing-v3") -> dict:
+                          max_steps: int | None = None, env_id: str = "CarRacing-v3", frames: str = "gymnasium") -> dict:
     """Runs each trained controller on gymnasium's CarRacing-v3 for `episodes` tracks (seeds seed..seed+N-1),
     recording each episode's return, length, ending (lap, off the playfield, time limit), tile coverage, forward
     speed and time on the road.
 
-    Frames are cropped to rows 0:84 and resized to 64x64 (`gymnasium_bridge.preprocess_frame`). Writes
-    gymnasium_<env_id>.json into the run directory and returns its contents.
+    Frames are cropped to rows 0:84 and resized to 64x64 (`gymnasium_bridge.preprocess_frame`). With `frames`
+    "ours" or "ours_during_zoom", V sees our renderer's frame of the same car pose on the same track instead
+    (`gymnasium_bridge.run_policy_episodes`). Writes gymnasium_<env_id>.json (gymnasium_<env_id>_frames-<frames>.json
+    for other frames) into the run directory and returns its contents.
     """
     from worldmodels_jax.envs import gymnasium_bridge as gb
 
@@ -163,17 +165,21 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
                           "runs continuous CarRacing controllers trained on CarRacing-v0")
     if not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ConfigError(f"episodes must be an int >= 1, got {episodes!r}")
+    if frames not in gb.FRAMES:
+        raise ConfigError(f"frames must be one of {', '.join(gb.FRAMES)}, got {frames!r}")
     gb._gymnasium()  # clear error before any model is loaded
     modes = tuple(modes or pipeline.config.controller.modes)
     results = {}
     for mode in modes:
         act, state = make_host_policy(pipeline, mode, seed)
         start = time.perf_counter()
-        records = gb.run_policy_episodes(act, state, episodes, seed=seed, max_steps=max_steps)
+        records = gb.run_policy_episodes(act, state, episodes, seed=seed, max_steps=max_steps, frames=frames)
         results[mode] = {**summarize_returns([r["return"] for r in records]), **_gymnasium_outcomes(records),
                          "seconds": time.perf_counter() - start}
-    payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "results": results}
-    write_json_atomic(Path(pipeline.run.path) / f"gymnasium_{env_id}.json", payload)
+    payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "frames": frames,
+               "results": results}
+    name = f"gymnasium_{env_id}.json" if frames == "gymnasium" else f"gymnasium_{env_id}_frames-{frames}.json"
+    write_json_atomic(Path(pipeline.run.path) / name, payload)
     return payload
 
 

@@ -5,6 +5,7 @@
     wmj info --preset NAME [--json]
     wmj dream --out DIR [--temperature T] [--steps N]   (a GIF of an episode imagined by M, decoded by V)
     wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N [--mode z_h] [--seed S] [--max-steps T]
+        [--frames gymnasium|ours|ours_during_zoom]
         (a CarRacing-v0 run's V + M + C on gymnasium's CarRacing-v3; needs `pip install -e '.[gymnasium]'`)
     wmj evaluate --out DIR --hold-at-mean h [--hold-at-mean z] [--mode z_h]   (C's input held at its data mean)
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
@@ -176,10 +177,13 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
     parser.add_argument("--mode", action="append", default=None, help="controller mode(s); default: all trained")
     parser.add_argument("--seed", type=int, default=0, help="episode e runs on gymnasium track seed + e")
     parser.add_argument("--max-steps", type=int, default=None, help="cap episodes below gymnasium's 1000 steps")
+    parser.add_argument("--frames", default="gymnasium", choices=("gymnasium", "ours", "ours_during_zoom"),
+                        help="what C's V sees: gymnasium's frames, or our renderer's frame of the same car pose "
+                             "and track (every step, or only while gymnasium's camera zooms in)")
     extra = parser.parse_args(rest)
     pipeline = Pipeline(load_config(args.out), args.out, progress=False)
     payload = evaluate_on_gymnasium(pipeline, extra.episodes, extra.mode, extra.seed, extra.max_steps,
-                                    env_id=extra.gymnasium)
+                                    env_id=extra.gymnasium, frames=extra.frames)
     if args.json:
         print(json.dumps(payload, indent=2))
     else:

@@ -10,6 +10,9 @@ the package works without it; install it with `pip install -e '.[gymnasium]'`.
   `act(obs64, policy_state) -> (action, policy_state)`, for example a trained V + M + C pipeline;
   `run_policy_episodes` also says how each episode ended (lap, off the playfield, time limit) and how
   much of the track it covered.
+- `frames="ours"` (or `"ours_during_zoom"`) gives the policy our renderer's frame of gymnasium's car on
+  gymnasium's track instead of gymnasium's own (`OurFrames`), which splits a transfer gap into frames and
+  dynamics: gymnasium zooms in over its first second (`ZOOM_STEPS`) and draws kerbs and tile shades.
 - `collect_random_rollouts(episodes)`: random-policy data as numpy arrays (obs, action, reward,
   terminated, truncated, first, valid), episode-major and padded to the longest episode.
 """
@@ -25,6 +28,8 @@ from worldmodels_jax.errors import ConfigError, EnvError, ShapeError
 ENV_ID = "CarRacing-v3"
 CROP_ROWS = 84
 OBS_SIZE = 64
+ZOOM_STEPS = 50  # gymnasium's camera zooms in while its clock t < 1 s: the frames of steps 0..49
+FRAMES = ("gymnasium", "ours", "ours_during_zoom")
 
 
 def _gymnasium():
@@ -82,6 +87,7 @@ def run_policy_episodes(
     continuous: bool = True,
     max_steps: int | None = None,
     env=None,
+    frames: str = "gymnasium",
 ) -> list[dict]:
     """Run `act(obs64, policy_state) -> (action, policy_state)` for `episodes` episodes; one record each.
 
@@ -93,10 +99,17 @@ def run_policy_episodes(
     `forward_speed` (the hull's velocity along its heading), `on_road` (the share of steps with a wheel on
     a tile, gymnasium's own contact test) and, for continuous actions, the `steer`, `gas` and `brake` the
     policy sent.
+
+    `frames` picks what the policy sees: "gymnasium" (its frames, preprocessed), "ours" (`OurFrames`: our
+    renderer's frame of the same car pose on the same track, every step) or "ours_during_zoom" (ours for
+    the first `ZOOM_STEPS` steps, while gymnasium's camera zooms in, then gymnasium's).
     """
     _check_episodes(episodes, max_steps)
+    if frames not in FRAMES:
+        raise ConfigError(f"frames must be one of {', '.join(FRAMES)}, got {frames!r}")
     own = env is None
     env = make_env(continuous) if own else env
+    ours = None if frames == "gymnasium" else OurFrames()
     records = []
     try:
         for ep in range(episodes):
@@ -104,7 +117,11 @@ def run_policy_episodes(
             state = policy_state
             total, t, speed, on_road, controls = 0.0, 0, 0.0, 0, np.zeros(3)
             while True:
-                action, state = act(preprocess_frame(frame), state)
+                if ours is not None and (frames == "ours" or t < ZOOM_STEPS):
+                    obs = ours(env.unwrapped, t)
+                else:
+                    obs = preprocess_frame(frame)
+                action, state = act(obs, state)
                 if continuous:
                     action = np.asarray(action, np.float32)
                     controls += action
@@ -137,6 +154,61 @@ def run_policy_episodes(
     return records
 
 
+def state_from_gymnasium(genv, env=None, params=None, t: int = 0, texture=None):
+    """Our `EnvState` for gymnasium's car on gymnasium's track (`genv` = `make_env().unwrapped`, after reset).
+
+    The car's pose and velocity are the hull's (gymnasium's camera follows the hull's origin, ours the state's
+    `pos`); wheel spins, steering and visited tiles start at zero. Pass `texture` to reuse a track's distance
+    texture (see `OurFrames`).
+    """
+    import jax.numpy as jnp
+
+    from worldmodels_jax.envs import carracing as cr
+
+    env = env or cr.CarRacing()
+    params = params or env.default_params
+    points = np.asarray(genv.track, np.float32)  # (n, 4): alpha, beta, x, y, our layout too
+    if points.ndim != 2 or points.shape[1] != 4 or not 0 < len(points) <= env.max_tiles:
+        raise ShapeError(f"gymnasium's track has shape {points.shape}; expected (n, 4) with 0 < n <= "
+                         f"{env.max_tiles} (raise CarRacing(max_tiles=...))")
+    track = np.zeros((env.max_tiles, 4), np.float32)
+    track[:len(points)] = points
+    track, n = jnp.asarray(track), jnp.int32(len(points))
+    if texture is None:
+        texture = cr.rasterize_distance(track, n, params.playfield, env.texture_size, env._splat)
+    hull = genv.car.hull
+    return cr.EnvState(
+        pos=jnp.asarray(tuple(hull.position), jnp.float32), angle=jnp.float32(hull.angle),
+        vel=jnp.asarray(tuple(hull.linearVelocity), jnp.float32), ang_vel=jnp.float32(hull.angularVelocity),
+        wheel_omega=jnp.zeros(4, jnp.float32), steer=jnp.float32(0.0), gas=jnp.float32(0.0), track=track,
+        n_tiles=n, tile_quads=cr.tile_quads(track, n, params.track_width),
+        visited=jnp.zeros(env.max_tiles, bool), n_visited=jnp.int32(0), texture=texture, time=jnp.int32(t))
+
+
+class OurFrames:
+    """`frames(genv, t)`: our renderer's 64x64 frame of gymnasium's car on gymnasium's track at step `t`.
+
+    The track's distance texture is built once per track and reused until the track changes.
+    """
+
+    def __init__(self, env=None, params=None):
+        import jax
+
+        from worldmodels_jax.envs import carracing as cr
+
+        self.env = env or cr.CarRacing()
+        self.params = params or self.env.default_params
+        self._render = jax.jit(self.env.render)
+        self._track_id, self._texture = None, None
+
+    def __call__(self, genv, t: int) -> np.ndarray:
+        track_id = hash(np.asarray(genv.track, np.float32).tobytes())
+        state = state_from_gymnasium(genv, self.env, self.params, t,
+                                     self._texture if track_id == self._track_id else None)
+        self._track_id, self._texture = track_id, state.texture
+        return np.asarray(self._render(state, self.params))
+
+
 def run_policy(
     act: Callable[[np.ndarray, Any], tuple[Any, Any]],
     policy_state: Any,
@@ -145,9 +217,10 @@ def run_policy(
     continuous: bool = True,
     max_steps: int | None = None,
     env=None,
+    frames: str = "gymnasium",
 ) -> np.ndarray:
     """The per-episode returns of `run_policy_episodes` (same arguments), as a float64 array."""
-    records = run_policy_episodes(act, policy_state, episodes, seed, continuous, max_steps, env)
+    records = run_policy_episodes(act, policy_state, episodes, seed, continuous, max_steps, env, frames)
     return np.array([r["return"] for r in records], np.float64)
 
 
@@ -206,4 +279,4 @@ def collect_random_rollouts(
 
 
 __all__ = ["preprocess_frame", "make_env", "run_policy", "run_policy_episodes", "ENDINGS", "collect_random_rollouts",
-           "ENV_ID"]
+           "ENV_ID", "FRAMES", "ZOOM_STEPS", "state_from_gymnasium", "OurFrames"]
