@@ -139,6 +139,16 @@ def test_wmj_evaluate_gymnasium_runs_a_trained_run_on_carracing_v3(tmp_path, cap
     assert wmj(args + ["--frames", "ours"]) == 0  # V sees our renderer's frames of the same car and track
     ours = json.loads((out / "gymnasium_CarRacing-v3_frames-ours.json").read_text())
     assert ours["frames"] == "ours" and ours["results"]["z"]["steps"] == [15, 15]
+    assert "gymnasium_CarRacing-v3_frames-ours.json" in capsys.readouterr().out
+    # our env on the same gymnasium tracks: the same track, so the same tiles and start
+    assert wmj(args + ["--physics", "ours"]) == 0
+    assert "our env on CarRacing-v3's tracks, 2 tracks" in capsys.readouterr().out
+    physics = json.loads((out / "gymnasium_CarRacing-v3_physics-ours.json").read_text())
+    mine = physics["results"]["z"]
+    assert physics["physics"] == "ours" and mine["steps"] == [15, 15] and mine["endings"] == ["max_steps"] * 2
+    assert all(0.0 <= t < 0.2 for t in mine["tiles"]) and all(np.isfinite(mine["returns"]))
+    assert wmj(args + ["--physics", "ours", "--frames", "ours_during_zoom"]) == 2
+    assert "drop --frames ours_during_zoom" in capsys.readouterr().err
     assert payload["frames"] == "gymnasium"  # kept apart from the run on gymnasium's own frames
 
 

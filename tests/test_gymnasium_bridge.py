@@ -222,3 +222,42 @@ def test_run_policy_with_our_frames():
     assert all(o.shape == (64, 64, 3) and o.dtype == np.uint8 for o in zoomed)
     assert np.abs(zoomed[10].astype(int) - seen[10]).mean() > 10.0  # ours during the zoom
     np.testing.assert_array_equal(zoomed[gb.ZOOM_STEPS:], seen[gb.ZOOM_STEPS:])  # gymnasium's after it
+
+
+@needs_gym
+def test_track_start_states_put_our_car_on_gymnasium_tracks():
+    import jax
+    import jax.numpy as jnp
+
+    from worldmodels_jax.envs import carracing as cr
+
+    env = cr.CarRacing()
+    params = env.default_params
+    starts = gb.track_start_states([4, 5], env, params)
+    genv = gb.make_env().unwrapped
+    try:
+        genv.reset(seed=5)
+        track = np.asarray(genv.track, np.float32)
+        hull = genv.car.hull
+        pose = (tuple(hull.position), hull.angle)
+    finally:
+        genv.close()
+    assert starts.pos.shape == (2, 2) and starts.texture.shape == (2, env.texture_size, env.texture_size)
+    assert int(starts.n_tiles[1]) == len(track)
+    np.testing.assert_array_equal(np.asarray(starts.track[1, :len(track)]), track)
+    np.testing.assert_allclose(np.asarray(starts.pos[1]), pose[0], atol=1e-4)  # the hull's, after gymnasium's reset
+    assert float(starts.angle[1]) == pytest.approx(pose[1], abs=1e-5)
+    # reset runs one physics step, which settles the joints: the car is still on tile 0, facing along the road
+    np.testing.assert_allclose(np.asarray(starts.pos[1]), track[0, 2:4], atol=1e-3)
+    assert float(starts.angle[1]) == pytest.approx(float(track[0, 1]), abs=0.01)
+
+    def lap(state):  # the scripted driver on our physics, on gymnasium's track
+        def body(carry, _):
+            state, alive, ret = carry
+            _, state, reward, terminated, _ = env.step_env(jax.random.PRNGKey(0), state,
+                                                           cr.scripted_driver(state, params), params)
+            return (state, alive & ~terminated, ret + jnp.where(alive, reward, 0.0)), None
+        return jax.lax.scan(body, (state, jnp.array(True), jnp.float32(0.0)), None, length=1000)[0]
+
+    state, alive, ret = jax.jit(jax.vmap(lap))(starts)
+    assert np.all(np.asarray(ret) > 800.0) and not np.any(np.asarray(alive))  # laps finished on both tracks

@@ -163,6 +163,66 @@ def episode_outcomes(records: dict) -> dict:
             "on_road": float(on_road.mean()), **sent, "returns": [float(r) for r in returns]}
 
 
+def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: int = 0) -> list[dict]:
+    """Controller `mode` of a finished run drives our env from each of `start_states` (an `EnvState` stacked along
+    a leading axis, e.g. `gymnasium_bridge.track_start_states`) for up to `max_steps` steps (the env truncates at
+    its own 1000). One record per episode, with the keys of `gymnasium_bridge.run_policy_episodes`: return, steps,
+    ending, tiles, forward_speed, on_road (a wheel on the road, as gymnasium counts it) and the steer, gas and brake
+    sent."""
+    from worldmodels_jax.envs.carracing import WHEEL_OFFSETS, CarRacing, _rot, sample_distance
+
+    if not isinstance(pipeline.env, CarRacing):
+        raise ConfigError(f"drive_from runs CarRacing start states; the run uses {pipeline.config.env_id}")
+    if mode not in pipeline.config.controller.modes:
+        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
+                          f"{', '.join(pipeline.config.controller.modes)}")
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ConfigError(f"max_steps must be an int >= 1, got {max_steps!r}")
+    env, env_params = pipeline.env, pipeline.env_params
+    agent = pipeline.agent(mode)
+    wm = pipeline.world_model_params(agent.uses_memory)
+    c_params = pipeline.controller_params(mode)
+
+    def episode(state, key):
+        def step(carry, t):
+            state, drive_carry, alive, first = carry
+            act_key, env_key = jax.random.split(jax.random.fold_in(key, t))
+            obs = env.render(state, env_params)
+            action, drive_carry = agent.act(wm, c_params, drive_carry, obs, first, act_key)
+            wheels = state.pos + jnp.asarray(WHEEL_OFFSETS) @ _rot(state.angle).T
+            on_road = sample_distance(state.texture, wheels, env_params.playfield) < env_params.track_width
+            _, state, reward, terminated, info = env.step_env(env_key, state, action, env_params)
+            record = {"alive": alive, "reward": reward, "lap": info["lap_finished"], "off": info["off_playfield"],
+                      "tiles": info["tiles_visited"] / state.n_tiles, "forward_speed": car_motion(state)["forward_speed"],
+                      "on_road": jnp.any(on_road), "sent_steer": action[0], "sent_gas": action[1],
+                      "sent_brake": action[2]}
+            alive = alive & ~terminated & (state.time < env_params.max_steps_in_episode)
+            return (state, drive_carry, alive, jnp.array(False)), record
+
+        init = (state, agent.init_carry(wm), jnp.array(True), jnp.array(True))
+        return jax.lax.scan(step, init, jnp.arange(max_steps))[1]
+
+    count = jax.tree.leaves(start_states)[0].shape[0]
+    records = jax.device_get(jax.jit(jax.vmap(episode))(start_states, jax.random.split(jax.random.PRNGKey(seed), count)))
+    alive = np.asarray(records["alive"], bool)
+    steps = np.maximum(alive.sum(1), 1)
+    lap = (np.asarray(records["lap"], bool) & alive).any(1)
+    off = (np.asarray(records["off"], bool) & alive).any(1)
+    last = np.maximum(alive.sum(1) - 1, 0)
+
+    def per_episode(name):
+        return (np.asarray(records[name], np.float64) * alive).sum(1) / steps
+
+    means = {name: per_episode(name) for name in ("forward_speed", "on_road", "sent_steer", "sent_gas", "sent_brake")}
+    tiles = np.asarray(records["tiles"])[np.arange(count), last]
+    returns = (np.asarray(records["reward"], np.float64) * alive).sum(1)
+    return [{"return": float(returns[e]), "steps": int(alive[e].sum()), "tiles": float(tiles[e]),
+             "ending": "lap" if lap[e] else "off_playfield" if off[e] else
+             ("time_limit" if alive[e].sum() >= env_params.max_steps_in_episode else "max_steps"),
+             "forward_speed": float(means["forward_speed"][e]), "on_road": float(means["on_road"][e]),
+             "steer": float(means["sent_steer"][e]), "gas": float(means["sent_gas"][e]),
+             "brake": float(means["sent_brake"][e])} for e in range(count)]
+
 TIMELINE_WINDOW = 250
 """Steps per window of `outcomes_by_window`: four windows over a full 1000-step episode."""
 

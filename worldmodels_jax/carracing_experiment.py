@@ -145,16 +145,29 @@ def _gymnasium_outcomes(records: list[dict]) -> dict:
                for k in ("tiles", "forward_speed", "on_road", "steer", "gas", "brake") if k in records[0]}}
 
 
+PHYSICS = ("gymnasium", "ours")
+
+
+def gymnasium_record_name(env_id: str, frames: str = "gymnasium", physics: str = "gymnasium") -> str:
+    """The file in a run directory that `evaluate_on_gymnasium` writes."""
+    if physics == "ours":
+        return f"gymnasium_{env_id}_physics-ours.json"
+    return f"gymnasium_{env_id}.json" if frames == "gymnasium" else f"gymnasium_{env_id}_frames-{frames}.json"
+
+
 def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None = None, seed: int = 0,
-                          max_steps: int | None = None, env_id: str = "CarRacing-v3", frames: str = "gymnasium") -> dict:
+                          max_steps: int | None = None, env_id: str = "CarRacing-v3", frames: str = "gymnasium",
+                          physics: str = "gymnasium") -> dict:
     """Runs each trained controller on gymnasium's CarRacing-v3 for `episodes` tracks (seeds seed..seed+N-1),
     recording each episode's return, length, ending (lap, off the playfield, time limit), tile coverage, forward
     speed and time on the road.
 
     Frames are cropped to rows 0:84 and resized to 64x64 (`gymnasium_bridge.preprocess_frame`). With `frames`
     "ours" or "ours_during_zoom", V sees our renderer's frame of the same car pose on the same track instead
-    (`gymnasium_bridge.run_policy_episodes`). Writes gymnasium_<env_id>.json (gymnasium_<env_id>_frames-<frames>.json
-    for other frames) into the run directory and returns its contents.
+    (`gymnasium_bridge.run_policy_episodes`). With `physics="ours"` our env drives the same gymnasium tracks, with
+    our physics and frames (`gymnasium_bridge.track_start_states`, `carracing_diagnostics.drive_from`): the
+    remaining gap to gymnasium is then the physics. Writes `gymnasium_record_name(env_id, frames, physics)` into the
+    run directory and returns its contents.
     """
     from worldmodels_jax.envs import gymnasium_bridge as gb
 
@@ -167,8 +180,14 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
         raise ConfigError(f"episodes must be an int >= 1, got {episodes!r}")
     if frames not in gb.FRAMES:
         raise ConfigError(f"frames must be one of {', '.join(gb.FRAMES)}, got {frames!r}")
+    if physics not in PHYSICS:
+        raise ConfigError(f"physics must be one of {', '.join(PHYSICS)}, got {physics!r}")
+    if physics == "ours" and frames == "ours_during_zoom":
+        raise ConfigError("physics 'ours' draws our frames throughout; drop --frames ours_during_zoom")
     gb._gymnasium()  # clear error before any model is loaded
     modes = tuple(modes or pipeline.config.controller.modes)
+    if physics == "ours":
+        return _on_gymnasium_tracks(pipeline, episodes, modes, seed, max_steps, env_id)
     results = {}
     for mode in modes:
         act, state = make_host_policy(pipeline, mode, seed)
@@ -177,9 +196,31 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
         results[mode] = {**summarize_returns([r["return"] for r in records]), **_gymnasium_outcomes(records),
                          "seconds": time.perf_counter() - start}
     payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "frames": frames,
-               "results": results}
-    name = f"gymnasium_{env_id}.json" if frames == "gymnasium" else f"gymnasium_{env_id}_frames-{frames}.json"
-    write_json_atomic(Path(pipeline.run.path) / name, payload)
+               "physics": "gymnasium", "results": results}
+    write_json_atomic(Path(pipeline.run.path) / gymnasium_record_name(env_id, frames), payload)
+    return payload
+
+
+def _on_gymnasium_tracks(pipeline, episodes: int, modes: tuple[str, ...], seed: int, max_steps: int | None,
+                         env_id: str) -> dict:
+    """`evaluate_on_gymnasium(physics="ours")`: our env on gymnasium's tracks seed..seed+episodes-1."""
+    from worldmodels_jax.carracing_diagnostics import drive_from
+    from worldmodels_jax.envs import gymnasium_bridge as gb
+
+    for mode in modes:
+        if mode not in pipeline.config.controller.modes:
+            raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
+                              f"{', '.join(pipeline.config.controller.modes)}")
+    starts = gb.track_start_states(range(seed, seed + episodes), pipeline.env, pipeline.env_params)
+    results = {}
+    for mode in modes:
+        start = time.perf_counter()
+        records = drive_from(pipeline, mode, starts, max_steps or pipeline.env_params.max_steps_in_episode, seed)
+        results[mode] = {**summarize_returns([r["return"] for r in records]), **_gymnasium_outcomes(records),
+                         "seconds": time.perf_counter() - start}
+    payload = {"env_id": env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps, "frames": "ours",
+               "physics": "ours", "results": results}
+    write_json_atomic(Path(pipeline.run.path) / gymnasium_record_name(env_id, physics="ours"), payload)
     return payload
 
 
@@ -261,5 +302,5 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium", "ROWS",
-           "load_table", "summarize_seeds", "summary_markdown"]
+__all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium",
+           "gymnasium_record_name", "ROWS", "load_table", "summarize_seeds", "summary_markdown"]

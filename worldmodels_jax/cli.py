@@ -5,7 +5,7 @@
     wmj info --preset NAME [--json]
     wmj dream --out DIR [--temperature T] [--steps N]   (a GIF of an episode imagined by M, decoded by V)
     wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N [--mode z_h] [--seed S] [--max-steps T]
-        [--frames gymnasium|ours|ours_during_zoom]
+        [--frames gymnasium|ours|ours_during_zoom] [--physics gymnasium|ours]
         (a CarRacing-v0 run's V + M + C on gymnasium's CarRacing-v3; needs `pip install -e '.[gymnasium]'`)
     wmj evaluate --out DIR --hold-at-mean h [--hold-at-mean z] [--mode z_h]   (C's input held at its data mean)
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
@@ -168,7 +168,7 @@ def cmd_dream(args, rest) -> int:
 
 def cmd_evaluate_gymnasium(args, rest) -> int:
     """`wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N`: a trained run on gymnasium's env."""
-    from worldmodels_jax.carracing_experiment import evaluate_on_gymnasium
+    from worldmodels_jax.carracing_experiment import evaluate_on_gymnasium, gymnasium_record_name
     from worldmodels_jax.pipeline import Pipeline, load_config
 
     parser = argparse.ArgumentParser(prog="wmj evaluate --gymnasium")
@@ -180,21 +180,25 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
     parser.add_argument("--frames", default="gymnasium", choices=("gymnasium", "ours", "ours_during_zoom"),
                         help="what C's V sees: gymnasium's frames, or our renderer's frame of the same car pose "
                              "and track (every step, or only while gymnasium's camera zooms in)")
+    parser.add_argument("--physics", default="gymnasium", choices=("gymnasium", "ours"),
+                        help="'ours': our env drives gymnasium's tracks with our physics and frames, to compare")
     extra = parser.parse_args(rest)
     pipeline = Pipeline(load_config(args.out), args.out, progress=False)
     payload = evaluate_on_gymnasium(pipeline, extra.episodes, extra.mode, extra.seed, extra.max_steps,
-                                    env_id=extra.gymnasium, frames=extra.frames)
+                                    env_id=extra.gymnasium, frames=extra.frames, physics=extra.physics)
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
-        print(f"{payload['env_id']}, {extra.episodes} tracks (seeds {extra.seed}..{extra.seed + extra.episodes - 1}):")
+        where = (f"our env on {payload['env_id']}'s tracks" if payload["physics"] == "ours" else payload["env_id"]
+                 + ("" if payload["frames"] == "gymnasium" else f" with {payload['frames'].replace('_', ' ')} frames"))
+        print(f"{where}, {extra.episodes} tracks (seeds {extra.seed}..{extra.seed + extra.episodes - 1}):")
         for mode, r in payload["results"].items():
             counts = ", ".join(f"{e.replace('_', ' ')} {n}" for e, n in r["ending_counts"].items() if n)
             print(f"  {mode:>10}: {r['mean']:.1f} ± {r['std']:.1f}; tiles {100 * r['tiles_mean']:.0f}%, "
                   f"forward speed {r['forward_speed_mean']:.1f}, on the road {100 * r['on_road_mean']:.0f}%, "
                   + (f"gas {r['gas_mean']:.2f}, brake {r['brake_mean']:.2f}, " if "gas_mean" in r else "")
                   + f"endings: {counts}  ({r['seconds']:.0f} s)")
-        print(f"wrote {args.out / ('gymnasium_' + payload['env_id'] + '.json')}")
+        print(f"wrote {args.out / gymnasium_record_name(payload['env_id'], payload['frames'], payload['physics'])}")
     return 0
 
 

@@ -13,6 +13,7 @@ the package works without it; install it with `pip install -e '.[gymnasium]'`.
 - `frames="ours"` (or `"ours_during_zoom"`) gives the policy our renderer's frame of gymnasium's car on
   gymnasium's track instead of gymnasium's own (`OurFrames`), which splits a transfer gap into frames and
   dynamics: gymnasium zooms in over its first second (`ZOOM_STEPS`) and draws kerbs and tile shades.
+  `track_start_states(seeds)` goes the other way: our env's start states on gymnasium's tracks.
 - `collect_random_rollouts(episodes)`: random-policy data as numpy arrays (obs, action, reward,
   terminated, truncated, first, valid), episode-major and padded to the longest episode.
 """
@@ -185,6 +186,27 @@ def state_from_gymnasium(genv, env=None, params=None, t: int = 0, texture=None):
         visited=jnp.zeros(env.max_tiles, bool), n_visited=jnp.int32(0), texture=texture, time=jnp.int32(t))
 
 
+def track_start_states(seeds, env=None, params=None):
+    """Our env's start states on gymnasium's tracks, stacked along a leading axis: gymnasium is reset with each
+    seed and its track and starting car taken over (`state_from_gymnasium`). Our env then drives them with its own
+    physics and frames, on the same tracks as `run_policy_episodes(seed=...)`."""
+    import jax
+    import jax.numpy as jnp
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("track_start_states needs at least one seed")
+    genv = make_env().unwrapped
+    try:
+        states = []
+        for seed in seeds:
+            genv.reset(seed=seed)
+            states.append(state_from_gymnasium(genv, env, params))
+    finally:
+        genv.close()
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
 class OurFrames:
     """`frames(genv, t)`: our renderer's 64x64 frame of gymnasium's car on gymnasium's track at step `t`.
 
@@ -279,4 +301,4 @@ def collect_random_rollouts(
 
 
 __all__ = ["preprocess_frame", "make_env", "run_policy", "run_policy_episodes", "ENDINGS", "collect_random_rollouts",
-           "ENV_ID", "FRAMES", "ZOOM_STEPS", "state_from_gymnasium", "OurFrames"]
+           "ENV_ID", "FRAMES", "ZOOM_STEPS", "state_from_gymnasium", "track_start_states", "OurFrames"]
