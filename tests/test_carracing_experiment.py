@@ -203,6 +203,7 @@ def test_summary_over_seeds_known_answers(tmp_path):
     assert summary["pairs"]["z_hidden - z"]["mean"] == pytest.approx(100.0)  # differences 100, 80, 120
     assert summary["order_reproduced"] and summary["means_in_order"] and summary["seeds_in_order"] == 3
     assert "**reproduced**" in summary_markdown(summary)
+    assert "| b | **330.0** | 190.0 | 110.0 | z_h > z_hidden > z (the paper's) |" in summary_markdown(summary)
 
     # z + hidden below z on seed c, and only 2 standard errors apart on average: not reproduced.
     tables["c"] = _table(z=90, z_hidden=60, z_h=330)  # z_hidden - z: 100, 80, -30
@@ -213,6 +214,7 @@ def test_summary_over_seeds_known_answers(tmp_path):
     assert pair["standard_errors"] < 2 and not summary["order_reproduced"]
     assert summary["seeds_in_order"] == 2 and summary["per_seed_order"]["c"] == "z_h > z > z_hidden"
     assert "**not reproduced**" in summary_markdown(summary)
+    assert "| c | **330.0** | 60.0 | 90.0 | z_h > z > z_hidden |" in summary_markdown(summary)
 
 
 def _carracing_script():

@@ -285,10 +285,19 @@ def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDE
 
 
 def summary_markdown(summary: dict) -> str:
+    """The summary as Markdown: each seed's scores (its best in bold) and order, the means, the paired differences
+    and the verdict."""
     names = dict(ROWS)
     order = summary["order"]
     lines = [f"Over {summary['seeds']} seeds ({', '.join(summary['labels'])}):", "",
-             "| Controller | mean ± s.e. over seeds |", "|---|---|"]
+             "| seed | " + " | ".join(names[m] for m in order) + " | order |", "|---|" + "---|" * (len(order) + 1)]
+    for label, scores in summary["scores"].items():
+        best = max(order, key=lambda m: scores[m])
+        cells = [f"**{scores[m]:.1f}**" if m == best else f"{scores[m]:.1f}" for m in order]
+        ranked = summary["per_seed_order"][label]
+        paper = " (the paper's)" if ranked == " > ".join(order) else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ranked}{paper} |")
+    lines += ["", "| Controller | mean ± s.e. over seeds |", "|---|---|"]
     lines += [f"| {names[m]} | {summary['modes'][m]['mean']:.1f} ± {summary['modes'][m]['se']:.1f} |" for m in order]
     lines += ["", "| Paired per seed | mean ± s.e. | standard errors | seeds favouring the first | sign test p |",
               "|---|---|---|---|---|"]
