@@ -188,13 +188,13 @@ def test_our_render_matches_gymnasium_frames_after_the_zoom():
     stats = {"zoom": [], "after": []}
     try:
         frame, _ = env.reset(seed=1)
-        texture = gb.state_from_gymnasium(genv, ours.env, ours.params).texture  # one track: build it once
+        on_track = gb.state_from_gymnasium(genv, ours.env, ours.params)  # one track: build it once
         for t in range(120):
             theirs, mine = gb.preprocess_frame(frame).astype(np.int16), ours(genv, t).astype(np.int16)
             road_theirs, road_mine = theirs[..., 1] < 150, mine[..., 1] < 150  # grey road against green grass
             stats["zoom" if t < gb.ZOOM_STEPS else "after"].append(
                 (np.abs(theirs - mine).mean(), (road_theirs == road_mine).mean(), road_mine.mean()))
-            state = gb.state_from_gymnasium(genv, ours.env, ours.params, t, texture)
+            state = gb.state_from_gymnasium(genv, ours.env, ours.params, t, on_track)
             frame, *_ = env.step(np.asarray(drive(state), np.float64))
     finally:
         env.close()

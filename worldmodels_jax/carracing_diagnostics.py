@@ -163,6 +163,13 @@ def episode_outcomes(records: dict) -> dict:
             "on_road": float(on_road.mean()), **sent, "returns": [float(r) for r in returns]}
 
 
+def check_trained(pipeline, mode: str) -> None:
+    """A clear error unless the run trained a controller for `mode`."""
+    if mode not in pipeline.config.controller.modes:
+        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
+                          f"{', '.join(pipeline.config.controller.modes)}")
+
+
 def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: int = 0) -> list[dict]:
     """Controller `mode` of a finished run drives our env from each of `start_states` (an `EnvState` stacked along
     a leading axis, e.g. `gymnasium_bridge.track_start_states`) for up to `max_steps` steps (the env truncates at
@@ -173,9 +180,7 @@ def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: i
 
     if not isinstance(pipeline.env, CarRacing):
         raise ConfigError(f"drive_from runs CarRacing start states; the run uses {pipeline.config.env_id}")
-    if mode not in pipeline.config.controller.modes:
-        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
-                          f"{', '.join(pipeline.config.controller.modes)}")
+    check_trained(pipeline, mode)
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ConfigError(f"max_steps must be an int >= 1, got {max_steps!r}")
     env, env_params = pipeline.env, pipeline.env_params

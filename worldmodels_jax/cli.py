@@ -168,7 +168,8 @@ def cmd_dream(args, rest) -> int:
 
 def cmd_evaluate_gymnasium(args, rest) -> int:
     """`wmj evaluate --gymnasium CarRacing-v3 --out DIR --episodes N`: a trained run on gymnasium's env."""
-    from worldmodels_jax.carracing_experiment import evaluate_on_gymnasium, gymnasium_record_name
+    from worldmodels_jax.carracing_experiment import PHYSICS, evaluate_on_gymnasium, gymnasium_record_name
+    from worldmodels_jax.envs.gymnasium_bridge import FRAMES
     from worldmodels_jax.pipeline import Pipeline, load_config
 
     parser = argparse.ArgumentParser(prog="wmj evaluate --gymnasium")
@@ -177,10 +178,10 @@ def cmd_evaluate_gymnasium(args, rest) -> int:
     parser.add_argument("--mode", action="append", default=None, help="controller mode(s); default: all trained")
     parser.add_argument("--seed", type=int, default=0, help="episode e runs on gymnasium track seed + e")
     parser.add_argument("--max-steps", type=int, default=None, help="cap episodes below gymnasium's 1000 steps")
-    parser.add_argument("--frames", default="gymnasium", choices=("gymnasium", "ours", "ours_during_zoom"),
+    parser.add_argument("--frames", default="gymnasium", choices=FRAMES,
                         help="what C's V sees: gymnasium's frames, or our renderer's frame of the same car pose "
                              "and track (every step, or only while gymnasium's camera zooms in)")
-    parser.add_argument("--physics", default="gymnasium", choices=("gymnasium", "ours"),
+    parser.add_argument("--physics", default="gymnasium", choices=PHYSICS,
                         help="'ours': our env drives gymnasium's tracks with our physics and frames, to compare")
     extra = parser.parse_args(rest)
     pipeline = Pipeline(load_config(args.out), args.out, progress=False)

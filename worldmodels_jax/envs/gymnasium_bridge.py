@@ -155,17 +155,23 @@ def run_policy_episodes(
     return records
 
 
-def state_from_gymnasium(genv, env=None, params=None, t: int = 0, texture=None):
+def state_from_gymnasium(genv, env=None, params=None, t: int = 0, on_track=None):
     """Our `EnvState` for gymnasium's car on gymnasium's track (`genv` = `make_env().unwrapped`, after reset).
 
     The car's pose and velocity are the hull's (gymnasium's camera follows the hull's origin, ours the state's
-    `pos`); wheel spins, steering and visited tiles start at zero. Pass `texture` to reuse a track's distance
-    texture (see `OurFrames`).
+    `pos`); wheel spins, steering and visited tiles start at zero. Pass `on_track`, an earlier state from the same
+    track, to take its track, tile polygons and distance texture instead of building them again (see `OurFrames`).
     """
     import jax.numpy as jnp
 
     from worldmodels_jax.envs import carracing as cr
 
+    hull = genv.car.hull
+    pose = dict(pos=jnp.asarray(tuple(hull.position), jnp.float32), angle=jnp.float32(hull.angle),
+                vel=jnp.asarray(tuple(hull.linearVelocity), jnp.float32), ang_vel=jnp.float32(hull.angularVelocity),
+                time=jnp.int32(t))
+    if on_track is not None:
+        return on_track.replace(**pose)
     env = env or cr.CarRacing()
     params = params or env.default_params
     points = np.asarray(genv.track, np.float32)  # (n, 4): alpha, beta, x, y, our layout too
@@ -175,15 +181,11 @@ def state_from_gymnasium(genv, env=None, params=None, t: int = 0, texture=None):
     track = np.zeros((env.max_tiles, 4), np.float32)
     track[:len(points)] = points
     track, n = jnp.asarray(track), jnp.int32(len(points))
-    if texture is None:
-        texture = cr.rasterize_distance(track, n, params.playfield, env.texture_size, env._splat)
-    hull = genv.car.hull
     return cr.EnvState(
-        pos=jnp.asarray(tuple(hull.position), jnp.float32), angle=jnp.float32(hull.angle),
-        vel=jnp.asarray(tuple(hull.linearVelocity), jnp.float32), ang_vel=jnp.float32(hull.angularVelocity),
-        wheel_omega=jnp.zeros(4, jnp.float32), steer=jnp.float32(0.0), gas=jnp.float32(0.0), track=track,
+        **pose, wheel_omega=jnp.zeros(4, jnp.float32), steer=jnp.float32(0.0), gas=jnp.float32(0.0), track=track,
         n_tiles=n, tile_quads=cr.tile_quads(track, n, params.track_width),
-        visited=jnp.zeros(env.max_tiles, bool), n_visited=jnp.int32(0), texture=texture, time=jnp.int32(t))
+        visited=jnp.zeros(env.max_tiles, bool), n_visited=jnp.int32(0),
+        texture=cr.rasterize_distance(track, n, params.playfield, env.texture_size, env._splat))
 
 
 def track_start_states(seeds, env=None, params=None):
@@ -210,7 +212,7 @@ def track_start_states(seeds, env=None, params=None):
 class OurFrames:
     """`frames(genv, t)`: our renderer's 64x64 frame of gymnasium's car on gymnasium's track at step `t`.
 
-    The track's distance texture is built once per track and reused until the track changes.
+    The track's tile polygons and distance texture are built once per track and reused until the track changes.
     """
 
     def __init__(self, env=None, params=None):
@@ -221,13 +223,13 @@ class OurFrames:
         self.env = env or cr.CarRacing()
         self.params = params or self.env.default_params
         self._render = jax.jit(self.env.render)
-        self._track_id, self._texture = None, None
+        self._track_id, self._on_track = None, None
 
     def __call__(self, genv, t: int) -> np.ndarray:
         track_id = hash(np.asarray(genv.track, np.float32).tobytes())
         state = state_from_gymnasium(genv, self.env, self.params, t,
-                                     self._texture if track_id == self._track_id else None)
-        self._track_id, self._texture = track_id, state.texture
+                                     self._on_track if track_id == self._track_id else None)
+        self._track_id, self._on_track = track_id, state
         return np.asarray(self._render(state, self.params))
 
 
