@@ -163,13 +163,6 @@ def episode_outcomes(records: dict) -> dict:
             "on_road": float(on_road.mean()), **sent, "returns": [float(r) for r in returns]}
 
 
-def check_trained(pipeline, mode: str) -> None:
-    """A clear error unless the run trained a controller for `mode`."""
-    if mode not in pipeline.config.controller.modes:
-        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
-                          f"{', '.join(pipeline.config.controller.modes)}")
-
-
 def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: int = 0) -> list[dict]:
     """Controller `mode` of a finished run drives our env from each of `start_states` (an `EnvState` stacked along
     a leading axis, e.g. `gymnasium_bridge.track_start_states`) for up to `max_steps` steps (the env truncates at
@@ -180,7 +173,7 @@ def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: i
 
     if not isinstance(pipeline.env, CarRacing):
         raise ConfigError(f"drive_from runs CarRacing start states; the run uses {pipeline.config.env_id}")
-    check_trained(pipeline, mode)
+    pipeline.check_trained(mode)
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ConfigError(f"max_steps must be an int >= 1, got {max_steps!r}")
     env, env_params = pipeline.env, pipeline.env_params
@@ -276,9 +269,8 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
 
     if not isinstance(pipeline.env, CarRacing):
         raise ConfigError(f"the feature probe reads CarRacing's car state; the run uses {pipeline.config.env_id}")
-    if mode != "scripted" and mode not in pipeline.config.controller.modes:
-        raise ConfigError(f"mode {mode!r} was not trained in {pipeline.run.path}; trained: "
-                          f"{', '.join(pipeline.config.controller.modes)} (or 'scripted', the scripted driver)")
+    if mode != "scripted":
+        pipeline.check_trained(mode, " (or 'scripted', the scripted driver)")
     if not isinstance(episodes, (int, np.integer)) or episodes < 2 or max_steps < 2:
         raise ConfigError(f"the probe needs episodes >= 2 (half to fit, half to score) and max_steps >= 2; "
                           f"got {episodes!r}, {max_steps!r}")

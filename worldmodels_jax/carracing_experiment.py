@@ -108,9 +108,7 @@ def make_host_policy(pipeline, mode: str, seed: int = 0):
 
     Returns (act, initial_state). The state holds M's carry, a PRNG key and a first-step flag.
     """
-    from worldmodels_jax.carracing_diagnostics import check_trained
-
-    check_trained(pipeline, mode)
+    pipeline.check_trained(mode)
     agent = pipeline.agent(mode)
     wm = pipeline.world_model_params(agent.uses_memory)
     c_params = pipeline.controller_params(mode)
@@ -204,11 +202,11 @@ def evaluate_on_gymnasium(pipeline, episodes: int, modes: tuple[str, ...] | None
 def _on_gymnasium_tracks(pipeline, episodes: int, modes: tuple[str, ...], seed: int, max_steps: int | None,
                          env_id: str) -> dict:
     """`evaluate_on_gymnasium(physics="ours")`: our env on gymnasium's tracks seed..seed+episodes-1."""
-    from worldmodels_jax.carracing_diagnostics import check_trained, drive_from
+    from worldmodels_jax.carracing_diagnostics import drive_from
     from worldmodels_jax.envs import gymnasium_bridge as gb
 
     for mode in modes:  # before gymnasium builds the tracks
-        check_trained(pipeline, mode)
+        pipeline.check_trained(mode)
     starts = gb.track_start_states(range(seed, seed + episodes), pipeline.env, pipeline.env_params)
     results = {}
     for mode in modes:

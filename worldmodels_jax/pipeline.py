@@ -597,6 +597,12 @@ class Pipeline:
         return params, record
 
     # ------------------------------------------------------------------ evaluation and report
+    def check_trained(self, mode: str, alternatives: str = "") -> None:
+        """A clear error unless this run trained a controller for `mode` (`alternatives`: other accepted names)."""
+        if mode not in self.config.controller.modes:
+            raise ConfigError(f"mode {mode!r} was not trained in {self.run.path}; trained: "
+                              f"{', '.join(self.config.controller.modes)}{alternatives}")
+
     def controller_params(self, mode: str):
         return self.load_params(f"controller-{mode}", param_shapes(init_controller, self.controller_config(mode)))
 
@@ -610,9 +616,7 @@ class Pipeline:
         the training data (M still steps on the real z). For example hold=("h",) asks how much a z + h
         controller drives from h.
         """
-        if mode not in self.config.controller.modes:
-            raise ConfigError(f"mode {mode!r} was not trained in {self.run.path}; trained: "
-                              f"{', '.join(self.config.controller.modes)}")
+        self.check_trained(mode)
         agent = self.agent(mode)
         unknown = [name for name in hold if name not in ("z", "h")]
         if unknown or ("h" in hold and not agent.uses_memory):
