@@ -42,6 +42,13 @@ def test_cpu_small_resolves_to_the_carracing_preset():
 
     assert steps_per_member(config) == steps_per_member(t500) == 120_000
     assert dataclasses.replace(t500.controller, es=config.controller.es, max_episode_steps=0) == config.controller
+    # the kept controller is chosen by 64-episode evaluations; the presets measured with 16 keep 16
+    e16 = get_preset("cpu-small-e16", "CarRacing-v0")
+    assert config.controller.es.eval_episodes == 64
+    assert (e16.controller.es.eval_episodes, t500.controller.es.eval_episodes) == (16, 16)
+    assert get_preset("cpu-small-imitate", "CarRacing-v0").controller.es.eval_episodes == 16
+    assert dataclasses.replace(e16, preset="carracing-cpu-small",
+                               controller=dataclasses.replace(e16.controller, es=config.controller.es)) == config
     paper = get_preset("paper", "CarRacing-v0")
     assert paper.preset == "carracing-paper" and paper.collect.policy == "random_controller"  # the original's recipe
     with pytest.raises(ConfigError, match="collect.policy"):

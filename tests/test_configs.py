@@ -29,7 +29,8 @@ def test_sigma_fan_in_is_on_in_the_carracing_cpu_small_presets_only_and_bad_valu
     from worldmodels_jax.configs import PRESETS
 
     on = {name for name, preset in PRESETS.items() if preset.controller.sigma_fan_in}
-    assert on == {"carracing-cpu-small", "carracing-cpu-small-t500", "carracing-cpu-small-imitate"}  # the paper presets keep the paper's single sigma_init
+    assert on == {"carracing-cpu-small", "carracing-cpu-small-e16", "carracing-cpu-small-t500",
+                  "carracing-cpu-small-imitate"}  # the paper presets keep the paper's single sigma_init
     assert get_preset("carracing-cpu-small").controller.sigma_fan_in == 16
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="sigma_fan_in"):
