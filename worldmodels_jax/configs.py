@@ -296,8 +296,8 @@ PRESETS: dict[str, PipelineConfig] = {
             # (docs/carracing.md, "Full-length training episodes").
             # The kept controller is the best of the ES mean's six evaluations, each over 64 fresh tracks (was
             # 16: a standard error of 24-71, as large as the differences between checkpoints, so the pick
-            # favoured a lucky one). Same ES trajectories; on seeds 14-20 the test scores rose by z + 15.5,
-            # z + hidden + 8.7, z + h + 28.3, for about 3% more time (docs/carracing.md, "How the kept
+            # favoured a lucky one). Same ES trajectories; on seeds 14-20 the test scores rose by +15.5 (z),
+            # +8.7 (z + hidden), +28.3 (z + h), for about 3% more time (docs/carracing.md, "How the kept
             # controller is chosen").
             es=ESConfig(population=32, rollouts=1, generations=120, eval_every=20, eval_episodes=64,
                         l2_coef=0.0, sigma_init=0.5),
