@@ -5,14 +5,16 @@
 each over 100 random tracks never seen in training, written to <out>/carracing_table.{md,json}.
 
     python experiments/carracing.py [--out runs/carracing-cpu-small] [--preset cpu-small] [--quiet] [overrides]
-    python experiments/carracing.py --summarize runs/cr-seed*-pop32 [--summary-out FILE.json]
+    python experiments/carracing.py --summarize runs/cr-seed*-pop32 [--summary-out FILE.json] [--allow-mixed]
     python experiments/carracing.py --probe runs/cr-seed13-pop32 [--probe-mode z_h] [--probe-episodes 64]
     python experiments/carracing.py --oracle runs/cr-seed13-pop32 [--oracle-mode z] [--oracle-generations 180]
         [--oracle-strategy SNES] [--oracle-es-seed 1]
 
 `--summarize` runs nothing: over finished runs of different seeds (run directories or carracing_table JSON
 files), it prints each controller's mean ± standard error, the paired per-seed differences and whether the paper's
-ordering z + h > z + hidden > z holds at two standard errors.
+ordering z + h > z + hidden > z holds at two standard errors. It refuses runs whose settings differ in more than
+the seed (a table records its run's resolved configuration; older tables get it from their run directory), unless
+`--allow-mixed`.
 
 `--probe` trains nothing: on a finished run, it drives a trained controller over fresh tracks and reports how
 well a linear probe reads the car's speed, yaw rate, steering and throttle from z, from M's h, from both, and
@@ -59,6 +61,8 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="RUN",
                         help="summarize finished runs over seeds instead of running (run dirs or table JSON files)")
     parser.add_argument("--summary-out", type=Path, default=None, help="with --summarize: also write the JSON here")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="with --summarize: pool runs whose settings differ in more than the seed")
     parser.add_argument("--probe", type=Path, default=None, metavar="RUN",
                         help="probe a finished run's features for the car's motion instead of running")
     parser.add_argument("--probe-mode", default="z_h", help="with --probe: the controller that drives")
@@ -74,7 +78,7 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     add_cpu_devices_option(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.summarize:
-        return summarize(args.summarize, args.summary_out, overrides)
+        return summarize(args.summarize, args.summary_out, args.allow_mixed, overrides)
     if args.probe:
         return probe(args.probe, args.probe_mode, args.probe_episodes, args.probe_steps, overrides)
     if args.oracle:
@@ -106,13 +110,13 @@ def unexpected(flag: str, takes: str, overrides: list[str]) -> bool:
     return bool(overrides)
 
 
-def summarize(paths: list[Path], out: Path | None, overrides: list[str]) -> int:
+def summarize(paths: list[Path], out: Path | None, allow_mixed: bool, overrides: list[str]) -> int:
     if unexpected("--summarize", "run directories or table files", overrides):
         return 2
     try:
         tables = {(path.stem.removeprefix("carracing_table_") if path.suffix == ".json" else path.name):
                   load_table(path) for path in paths}
-        summary = summarize_seeds(tables)
+        summary = summarize_seeds(tables, allow_mixed=allow_mixed)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

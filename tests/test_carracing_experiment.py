@@ -255,6 +255,65 @@ def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
     assert "no CarRacing table" in capsys.readouterr().err
 
 
+def test_summary_refuses_runs_of_different_settings(tmp_path, capsys):
+    """Tables pooled over seeds must come from one configuration; the seed alone may differ."""
+    from worldmodels_jax.carracing_experiment import run_settings, settings_differences, summarize_seeds
+    from worldmodels_jax.cli import build_config
+    from worldmodels_jax.errors import ConfigError
+
+    # carracing_table records the run's seed and resolved settings
+    from worldmodels_jax.carracing_experiment import carracing_table, load_table
+
+    pipeline = _untrained_carracing_run(tmp_path / "tiny")
+    result = {"mean": 1.0, "std": 0.0, "episodes": 2}
+    pipeline.run.mark_done("evaluate", {"results": {"random": result, "z": result}, "seconds": 1.0})
+    pipeline.run.mark_done("evaluate-scripted", {"results": {"scripted": result}, "seconds": 1.0})
+    table = carracing_table(pipeline)
+    assert table["seed"] == pipeline.config.seed and table["settings"] == run_settings(pipeline.config)
+    assert table["settings"]["controller"]["modes"] == ["z"] and load_table(tmp_path / "tiny") == table
+
+    script = _carracing_script()
+
+    def run(name, seed, preset="cpu-small", overrides=(), record=True):
+        path = tmp_path / name
+        path.mkdir()
+        config = build_config(preset, "CarRacing-v0", path, [f"--seed={seed}", *overrides])
+        table = {**_table(z=100 + seed, z_hidden=200 - seed, z_h=300 + 2 * seed), "preset": config.preset}
+        settings = run_settings(config)
+        assert "seed" not in settings
+        if record:
+            table |= {"seed": config.seed, "settings": settings}
+        (path / "carracing_table.json").write_text(json.dumps(table))
+        (path / "config.json").write_text(json.dumps({**settings, "seed": config.seed}))
+        return path
+
+    a, b = run("a", 0), run("b", 1)
+    assert script.main(["--summarize", str(a), str(b)]) == 0  # different seeds, the same settings
+    capsys.readouterr()
+    e64 = run("e64", 2, overrides=["--controller.es.eval-episodes=16"])
+    assert script.main(["--summarize", str(a), str(b), str(e64)]) == 2
+    err = capsys.readouterr().err
+    assert "differ in more than their seed" in err and "controller.es.eval_episodes: 64 in a, 16 in e64" in err
+    assert script.main(["--summarize", str(a), str(b), str(e64), "--allow-mixed"]) == 0
+    assert "**Pooled over different settings**" in capsys.readouterr().out
+
+    # A table from before tables recorded their settings: its run directory supplies them, its JSON alone cannot.
+    old = run("old", 3, record=False)
+    assert script.main(["--summarize", str(a), str(old)]) == 0
+    capsys.readouterr()
+    assert script.main(["--summarize", str(a), str(old / "carracing_table.json")]) == 2
+    assert "carracing_table records only the preset's name" in capsys.readouterr().err
+    old_e16 = run("old_e16", 4, preset="cpu-small-e16", record=False)
+    tables = {"old": json.loads((old / "carracing_table.json").read_text()),
+              "old_e16": json.loads((old_e16 / "carracing_table.json").read_text())}
+    assert settings_differences(tables) == [
+        "preset: carracing-cpu-small (old) vs carracing-cpu-small-e16 (old_e16)"]
+    with pytest.raises(ConfigError, match="preset: carracing-cpu-small"):
+        summarize_seeds(tables)
+    tables["old_e16"]["preset"] = "carracing-cpu-small"  # by name alone, unrecorded tables pool
+    assert summarize_seeds(tables)["mixed_settings"] == []
+
+
 # ------------------------------------------------------------------------------ the feature probe
 def test_car_motion_known_answers():
     from worldmodels_jax.carracing_diagnostics import car_motion

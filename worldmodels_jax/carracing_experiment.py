@@ -22,7 +22,7 @@ import numpy as np
 
 from worldmodels_jax.errors import ConfigError
 from worldmodels_jax.rollouts import summarize_returns
-from worldmodels_jax.rundir import write_json_atomic
+from worldmodels_jax.rundir import to_jsonable, write_json_atomic
 
 ROWS = (("random", "Random"), ("scripted", "Scripted driver"), ("z", "V only, z"),
         ("z_hidden", "V only, z + hidden layer"), ("z_h", "Full world model, z + h"))
@@ -87,9 +87,10 @@ def carracing_table(pipeline) -> dict:
               *(f"train-controller-{m}" for m in pipeline.config.controller.modes), "evaluate", "evaluate-scripted")
     timings = {s: (pipeline.run.stage_done(s) or {}).get("seconds") for s in stages}
     rows = [{"key": k, "method": name, **results[k]} for k, name in ROWS if k in results]
-    table = {"env_id": pipeline.config.env_id, "preset": pipeline.config.preset, "episodes": cfg.episodes,
-             "max_episode_steps": max_steps, "rows": rows, "paper": PAPER, "timings_s": timings,
-             "total_s": float(sum(v for v in timings.values() if v is not None))}
+    table = {"env_id": pipeline.config.env_id, "preset": pipeline.config.preset, "seed": pipeline.config.seed,
+             "episodes": cfg.episodes, "max_episode_steps": max_steps, "rows": rows, "paper": PAPER,
+             "timings_s": timings, "total_s": float(sum(v for v in timings.values() if v is not None)),
+             "settings": run_settings(pipeline.config)}
     lines = [f"CarRacing table, preset `{table['preset']}` on {table['env_id']}: mean ± std over "
              f"{cfg.episodes} random tracks never seen in training, {max_steps}-step episodes.", "",
              "| Method | Mean ± std | Paper (CarRacing-v0) |", "|---|---|---|"]
@@ -220,13 +221,57 @@ def _on_gymnasium_tracks(pipeline, episodes: int, modes: tuple[str, ...], seed: 
     return payload
 
 
+def run_settings(config) -> dict:
+    """The resolved configuration of a run less its seed: what runs pooled over seeds must share."""
+    settings = json.loads(json.dumps(to_jsonable(config)))
+    settings.pop("seed", None)
+    return settings
+
+
 def load_table(out: str | Path) -> dict:
-    """A finished run's table: `out` is its run directory or a carracing_table JSON file."""
+    """A finished run's table: `out` is its run directory or a carracing_table JSON file. A table written before
+    tables recorded their settings (2026-12-07) gets them from its run directory's config.json, when given one."""
     path = Path(out)
-    path = path if path.suffix == ".json" else path / "carracing_table.json"
+    run_dir = path.suffix != ".json"
+    path = path / "carracing_table.json" if run_dir else path
     if not path.exists():
         raise ConfigError(f"no CarRacing table at {path}: finish the run with experiments/carracing.py first")
-    return json.loads(path.read_text())
+    table = json.loads(path.read_text())
+    if "settings" not in table and run_dir and (path.parent / "config.json").exists():
+        settings = json.loads((path.parent / "config.json").read_text())
+        table["seed"] = settings.pop("seed", None)
+        table["settings"] = settings
+    return table
+
+
+def settings_differences(tables: dict[str, dict]) -> list[str]:
+    """How the runs behind `tables` ({label: table}) were set up differently, one line per difference; empty when
+    they share one configuration up to the seed. A field that a run's settings lack (added to the code since)
+    counts as its default. Tables without settings are compared by their preset's name only."""
+    from worldmodels_jax.pipeline import _config_from_json, config_differences
+
+    presets: dict[str, list[str]] = {}
+    for label, table in tables.items():
+        presets.setdefault(str(table.get("preset")), []).append(label)
+    differences = []
+    if len(presets) > 1:
+        differences.append("preset: " + " vs ".join(f"{name} ({', '.join(labels)})" for name, labels in presets.items()))
+    unrecorded = [label for label, table in tables.items() if "settings" not in table]
+    if unrecorded and len(unrecorded) < len(tables):
+        differences.append(f"{', '.join(unrecorded)} {'records' if len(unrecorded) == 1 else 'record'} only the "
+                           "preset's name, not the settings (tables written "
+                           "before 2026-12-07, whose presets may have changed since): pass their run directories "
+                           "instead, or summarize them on their own")
+    recorded = {label: table["settings"] for label, table in tables.items() if "settings" in table}
+    if len(recorded) > 1:
+        (first, reference), *others = recorded.items()
+        reference_config = _config_from_json({**reference, "seed": 0})
+        for label, settings in others:
+            for line in config_differences({**settings, "seed": 0}, reference_config):
+                path, _, change = line.partition(": ")
+                stored, _, new = change.partition(" -> ")
+                differences.append(f"{path}: {new} in {first}, {stored} in {label}")
+    return differences
 
 
 PAPER_ORDER = ("z_h", "z_hidden", "z")
@@ -238,13 +283,21 @@ def _sign_test_p(wins: int, n: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
-def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDER) -> dict:
+def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDER, allow_mixed: bool = False) -> dict:
     """Over runs of different seeds (`{label: table}`), the mean ± standard error of each controller and, for each
     pair in the paper's `order`, the paired per-seed differences: mean ± standard error, how many standard errors
     from zero, the seeds that favour the first, and a one-sided sign test. The order counts as reproduced when
-    each consecutive difference is at least two standard errors above zero."""
+    each consecutive difference is at least two standard errors above zero.
+
+    The runs must share their settings up to the seed (`settings_differences`); `allow_mixed` pools them anyway
+    and lists the differences under "mixed_settings"."""
     if len(tables) < 2:
         raise ConfigError(f"a summary over seeds needs at least 2 tables, got {len(tables)}")
+    mixed = settings_differences(tables)
+    if mixed and not allow_mixed:
+        shown = "; ".join(mixed[:5]) + (f"; and {len(mixed) - 5} more" if len(mixed) > 5 else "")
+        raise ConfigError(f"these runs differ in more than their seed: {shown}. Summarize runs of one setting at a "
+                          "time, or pass --allow-mixed to pool them anyway")
     scores = {}
     for label, table in tables.items():
         means = {row["key"]: row["mean"] for row in table["rows"]}
@@ -277,7 +330,8 @@ def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDE
             "order": list(order), "means_in_order": all(modes[a]["mean"] > modes[b]["mean"]
                                                          for a, b in zip(order[:-1], order[1:])),
             "order_reproduced": all(p["standard_errors"] >= 2.0 for p in consecutive),
-            "seeds_in_order": sum(o == " > ".join(order) for o in per_seed.values()), "per_seed_order": per_seed}
+            "seeds_in_order": sum(o == " > ".join(order) for o in per_seed.values()), "per_seed_order": per_seed,
+            "mixed_settings": mixed}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -285,8 +339,10 @@ def summary_markdown(summary: dict) -> str:
     and the verdict."""
     names = dict(ROWS)
     order = summary["order"]
-    lines = [f"Over {summary['seeds']} seeds ({', '.join(summary['labels'])}):", "",
-             "| seed | " + " | ".join(names[m] for m in order) + " | order |", "|---|" + "---|" * (len(order) + 1)]
+    lines = [f"Over {summary['seeds']} seeds ({', '.join(summary['labels'])}):", ""]
+    if summary.get("mixed_settings"):
+        lines += ["**Pooled over different settings** (--allow-mixed): " + "; ".join(summary["mixed_settings"]), ""]
+    lines += ["| seed | " + " | ".join(names[m] for m in order) + " | order |", "|---|" + "---|" * (len(order) + 1)]
     for label, scores in summary["scores"].items():
         best = max(order, key=lambda m: scores[m])
         cells = [f"**{scores[m]:.1f}**" if m == best else f"{scores[m]:.1f}" for m in order]
@@ -308,4 +364,5 @@ def summary_markdown(summary: dict) -> str:
 
 
 __all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium",
-           "gymnasium_record_name", "ROWS", "load_table", "summarize_seeds", "summary_markdown"]
+           "gymnasium_record_name", "ROWS", "load_table", "run_settings", "settings_differences", "summarize_seeds",
+           "summary_markdown"]
