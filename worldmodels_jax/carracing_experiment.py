@@ -359,7 +359,8 @@ def summary_markdown(summary: dict) -> str:
     verdict = "reproduced" if summary["order_reproduced"] else "not reproduced"
     lines += ["", f"The paper's order {' > '.join(order)} is **{verdict}** at two standard errors per consecutive "
                   f"pair; the means are {'' if summary['means_in_order'] else 'not '}in that order, and "
-                  f"{summary['seeds_in_order']} of {summary['seeds']} seeds show it."]
+                  f"{summary['seeds_in_order']} of {summary['seeds']} seeds "
+                  f"{'shows' if summary['seeds_in_order'] == 1 else 'show'} it."]
     return "\n".join(lines)
 
 
