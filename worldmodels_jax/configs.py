@@ -92,7 +92,7 @@ class ImitationConfig:
                               f"{self.steer_noise}, {self.speed_noise}")
 
 
-CONTROLLER_INITS = ("zeros", "imitate")
+CONTROLLER_INITS = ("zeros", "imitate", "lecun_hidden")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +120,10 @@ class ControllerStageConfig:
     chunk_steps: int = 50
     """Env steps per chunk in the early-exit while loop."""
     init: str = "zeros"
-    """Where CMA-ES's mean starts: 'zeros', or 'imitate': a controller fitted to the scripted driver's actions
-    (`train/imitation.py`; CarRacing-v0 only), the same demonstrations for every mode."""
+    """Where CMA-ES's mean starts: 'zeros'; 'imitate': a controller fitted to the scripted driver's actions
+    (`train/imitation.py`; CarRacing-v0 only), the same demonstrations for every mode; or 'lecun_hidden':
+    hidden layers drawn by Linen's initializer and the output layer zero (`hidden_init_controller`), which
+    is 'zeros' for a controller without a hidden layer (z, z_h)."""
     imitation: ImitationConfig = ImitationConfig()
     sigma_fan_in: int = 0
     """0: every mode starts CMA-ES at es.sigma_init. N > 0: a controller with I inputs starts at

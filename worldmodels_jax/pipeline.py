@@ -32,7 +32,8 @@ from worldmodels_jax.envs.dream import DreamEnv, DreamParams
 from worldmodels_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from worldmodels_jax.evolution import es_state_is_finite, make_evolution
 from worldmodels_jax.evolve import make_mesh
-from worldmodels_jax.models.controller import Controller, ControllerConfig, action_mapping_for, init_controller
+from worldmodels_jax.models.controller import (Controller, ControllerConfig, action_mapping_for, hidden_init_controller,
+                                                init_controller)
 from worldmodels_jax.models.memory import init_memory, make_memory
 from worldmodels_jax.models.vae import ConvVAE, for_inference, init_vae, param_count, param_shapes
 from worldmodels_jax.rollouts import (Agent, EpisodeStats, WorldModelParams, evaluate_params, population_returns,
@@ -518,6 +519,9 @@ class Pipeline:
             self.run.log_metrics(f"imitation-{mode}", imitation)
         elif ccfg.init == "imitate":  # resumed: the fit was recorded when the stage began
             imitation = (self.run.read_metrics(f"imitation-{mode}") or [{}])[-1]
+        elif restored is None and ccfg.init == "lecun_hidden":
+            state = init(key_init, hidden_init_controller(
+                jax.random.fold_in(self.key("controller-init"), stable_tag(mode)), self.controller_config(mode)))
         if restored is not None:
             state = restored[1]["state"]
             best = {"score": restored[1]["best_score"], "params": restored[1]["best_params"]}

@@ -132,3 +132,14 @@ def init_controller(key: jax.Array, config: ControllerConfig) -> dict:
     z = jnp.zeros((config.z_size,))
     h = jnp.zeros((config.feature_size,))
     return Controller(config).init({"params": key}, z, h, h)["params"]
+
+
+def hidden_init_controller(key: jax.Array, config: ControllerConfig) -> dict:
+    """Hidden layers from Linen's initializer (LeCun-normal kernels, zero biases), the output layer zero.
+
+    As an ES's starting mean: the controller's outputs start at zero, as from all zeros, but each hidden unit
+    already has a direction. At all zeros, a hidden layer is a saddle, and flipping the signs of a unit's input
+    and output weights gives the same controller, so good candidates of opposite signs cancel in the mean.
+    Without a hidden layer this is all zeros."""
+    params = init_controller(key, config)
+    return {name: jax.tree.map(jnp.zeros_like, layer) if name == "out" else layer for name, layer in params.items()}
