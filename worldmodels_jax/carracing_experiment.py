@@ -259,9 +259,8 @@ def settings_differences(tables: dict[str, dict]) -> list[str]:
     unrecorded = [label for label, table in tables.items() if "settings" not in table]
     if unrecorded and len(unrecorded) < len(tables):
         differences.append(f"{', '.join(unrecorded)} {'records' if len(unrecorded) == 1 else 'record'} only the "
-                           "preset's name, not the settings (tables written "
-                           "before 2026-12-07, whose presets may have changed since): pass their run directories "
-                           "instead, or summarize them on their own")
+                           "preset's name, not the settings (tables written before 2026-12-07, whose presets may "
+                           "have changed since): pass their run directories instead, or summarize them on their own")
     recorded = {label: table["settings"] for label, table in tables.items() if "settings" in table}
     if len(recorded) > 1:
         (first, reference), *others = recorded.items()
