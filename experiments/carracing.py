@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from worldmodels_jax.carracing_diagnostics import feature_probe, probe_markdown, train_state_oracle
-from worldmodels_jax.carracing_experiment import carracing_table, load_table, summarize_seeds, summary_markdown
+from worldmodels_jax.carracing_experiment import carracing_table, load_tables, summarize_seeds, summary_markdown
 from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
 from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline, load_config
@@ -114,9 +114,7 @@ def summarize(paths: list[Path], out: Path | None, allow_mixed: bool, overrides:
     if unexpected("--summarize", "run directories or table files", overrides):
         return 2
     try:
-        tables = {(path.stem.removeprefix("carracing_table_") if path.suffix == ".json" else path.name):
-                  load_table(path) for path in paths}
-        summary = summarize_seeds(tables, allow_mixed=allow_mixed)
+        summary = summarize_seeds(load_tables(paths), allow_mixed=allow_mixed)
     except WMJError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -254,6 +254,19 @@ def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
     assert script.main(["--summarize", str(tmp_path / "missing")]) == 2
     assert "no CarRacing table" in capsys.readouterr().err
 
+    # Bare table files are named by their run directory; a run passed twice, or two runs sharing a name, are refused.
+    bare = [str(Path(path) / "carracing_table.json") for path in paths]
+    assert script.main(["--summarize", *bare, "--summary-out", str(out)]) == 0
+    assert json.loads(out.read_text())["labels"] == ["run0", "run1"]
+    capsys.readouterr()
+    assert script.main(["--summarize", paths[0], bare[0], paths[1]]) == 2
+    assert "are the same run" in capsys.readouterr().err
+    twin = tmp_path / "elsewhere" / "run0"
+    twin.mkdir(parents=True)
+    (twin / "carracing_table.json").write_text(json.dumps(_table(z=1, z_hidden=2, z_h=3)))
+    assert script.main(["--summarize", paths[0], str(twin), paths[1]]) == 2
+    assert "would both be labelled 'run0'" in capsys.readouterr().err
+
 
 def test_summary_refuses_runs_of_different_settings(tmp_path, capsys):
     """Tables pooled over seeds must come from one configuration; the seed alone may differ."""
@@ -302,7 +315,7 @@ def test_summary_refuses_runs_of_different_settings(tmp_path, capsys):
     assert script.main(["--summarize", str(a), str(old)]) == 0
     capsys.readouterr()
     assert script.main(["--summarize", str(a), str(old / "carracing_table.json")]) == 2
-    assert "carracing_table records only the preset's name" in capsys.readouterr().err
+    assert "old records only the preset's name" in capsys.readouterr().err  # labelled by its run directory
     old_e16 = run("old_e16", 4, preset="cpu-small-e16", record=False)
     tables = {"old": json.loads((old / "carracing_table.json").read_text()),
               "old_e16": json.loads((old_e16 / "carracing_table.json").read_text())}

@@ -228,12 +228,17 @@ def run_settings(config) -> dict:
     return settings
 
 
+def _table_file(out: str | Path) -> Path:
+    """A run's table file: `out` itself when it is a JSON file, else carracing_table.json in the run directory."""
+    path = Path(out)
+    return path if path.suffix == ".json" else path / "carracing_table.json"
+
+
 def load_table(out: str | Path) -> dict:
     """A finished run's table: `out` is its run directory or a carracing_table JSON file. A table written before
     tables recorded their settings (2026-12-07) gets them from its run directory's config.json, when given one."""
-    path = Path(out)
-    run_dir = path.suffix != ".json"
-    path = path / "carracing_table.json" if run_dir else path
+    run_dir = Path(out).suffix != ".json"
+    path = _table_file(out)
     if not path.exists():
         raise ConfigError(f"no CarRacing table at {path}: finish the run with experiments/carracing.py first")
     table = json.loads(path.read_text())
@@ -242,6 +247,27 @@ def load_table(out: str | Path) -> dict:
         table["seed"] = settings.pop("seed", None)
         table["settings"] = settings
     return table
+
+
+def load_tables(paths: list[str | Path]) -> dict[str, dict]:
+    """`load_table` for each path, keyed by a label naming the run: a run directory's name, a table file's name
+    less "carracing_table_", or for a bare carracing_table.json its directory's name. Two paths that would share
+    a label are refused, since one table would silently replace the other."""
+    tables: dict[str, dict] = {}
+    sources: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path.suffix != ".json":
+            label = path.name
+        elif path.stem == "carracing_table":
+            label = path.resolve().parent.name
+        else:
+            label = path.stem.removeprefix("carracing_table_")
+        if label in sources:
+            same = _table_file(sources[label]).resolve() == _table_file(path).resolve()
+            raise ConfigError(f"{sources[label]} and {path} " + ("are the same run" if same else
+                              f"would both be labelled {label!r}") + ": pass each run once, under distinct names")
+        tables[label], sources[label] = load_table(path), path
+    return tables
 
 
 def settings_differences(tables: dict[str, dict]) -> list[str]:
@@ -364,5 +390,5 @@ def summary_markdown(summary: dict) -> str:
 
 
 __all__ = ["scripted_driver_returns", "carracing_table", "make_host_policy", "evaluate_on_gymnasium",
-           "gymnasium_record_name", "ROWS", "load_table", "run_settings", "settings_differences", "summarize_seeds",
+           "gymnasium_record_name", "ROWS", "load_table", "load_tables", "run_settings", "settings_differences", "summarize_seeds",
            "summary_markdown"]
