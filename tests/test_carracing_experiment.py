@@ -207,6 +207,7 @@ def test_summary_over_seeds_known_answers(tmp_path):
     assert pair["mean"] == pytest.approx(120.0) and pair["se"] == pytest.approx(20 * third)
     assert pair["standard_errors"] == pytest.approx(120 / (20 * third))
     assert pair["wins"] == 3 and pair["sign_test_p"] == pytest.approx(1 / 8)
+    assert pair["seeds_for_two_se"] == 2  # 4 * 20² / 120² < 1: two seeds, the fewest with a spread, suffice
     assert summary["pairs"]["z_hidden - z"]["mean"] == pytest.approx(100.0)  # differences 100, 80, 120
     assert summary["order_reproduced"] and summary["means_in_order"] and summary["seeds_in_order"] == 3
     assert "**reproduced**" in summary_markdown(summary)
@@ -219,6 +220,12 @@ def test_summary_over_seeds_known_answers(tmp_path):
     assert pair["mean"] == pytest.approx(50.0) and pair["wins"] == 2
     assert pair["sign_test_p"] == pytest.approx(4 / 8)  # P(at least 2 of 3)
     assert pair["standard_errors"] < 2 and not summary["order_reproduced"]
+    assert pair["seeds_for_two_se"] == 8  # per-seed std 70: 4 * 70² / 50² = 7.84
+    assert summary["pairs"]["z_h - z"]["seeds_for_two_se"] == 2
+    behind = summarize_seeds({"a": _table(z=100, z_hidden=50, z_h=90), "b": _table(z=100, z_hidden=60, z_h=80)})
+    assert behind["pairs"]["z_h - z"]["mean"] == pytest.approx(-15.0)
+    assert behind["pairs"]["z_h - z"]["seeds_for_two_se"] is None  # no number of seeds separates a gap below zero
+    assert "| z_h - z | -15.0 ± 5.0 | -3.0 | 0 of 2 | 1.000 | — |" in summary_markdown(behind)
     assert summary["seeds_in_order"] == 2 and summary["per_seed_order"]["c"] == "z_h > z > z_hidden"
     assert "**not reproduced**" in summary_markdown(summary)
     assert "| c | **330.0** | 60.0 | 90.0 | z_h > z > z_hidden |" in summary_markdown(summary)

@@ -308,11 +308,20 @@ def _sign_test_p(wins: int, n: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
+def _seeds_for_two_se(mean: float, spread: float) -> int | None:
+    """How many seeds would put a paired gap of this mean and per-seed std at two standard errors, were both to
+    hold: the smallest n with mean >= 2 * spread / sqrt(n), at least 2. None for a gap that is not positive."""
+    if mean <= 0:
+        return None
+    return max(2, math.ceil(4 * spread**2 / mean**2 - 1e-9))
+
+
 def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDER, allow_mixed: bool = False) -> dict:
     """Over runs of different seeds (`{label: table}`), the mean ± standard error of each controller and, for each
     pair in the paper's `order`, the paired per-seed differences: mean ± standard error, how many standard errors
-    from zero, the seeds that favour the first, and a one-sided sign test. The order counts as reproduced when
-    each consecutive difference is at least two standard errors above zero.
+    from zero, the seeds that favour the first, a one-sided sign test, and how many seeds would reach two
+    standard errors were the gap and its spread to hold. The order counts as reproduced when each consecutive
+    difference is at least two standard errors above zero.
 
     The runs must share their settings up to the seed (`settings_differences`); `allow_mixed` pools them anyway
     and lists the differences under "mixed_settings"."""
@@ -348,7 +357,8 @@ def summarize_seeds(tables: dict[str, dict], order: tuple[str, ...] = PAPER_ORDE
             mean, se = mean_se(diffs)
             wins = sum(d > 0 for d in diffs)
             pairs[f"{better} - {worse}"] = {"mean": mean, "se": se, "standard_errors": mean / se if se else math.inf,
-                                            "wins": wins, "sign_test_p": _sign_test_p(wins, n)}
+                                            "wins": wins, "sign_test_p": _sign_test_p(wins, n),
+                                            "seeds_for_two_se": _seeds_for_two_se(mean, se * math.sqrt(n))}
     consecutive = [pairs[f"{a} - {b}"] for a, b in zip(order[:-1], order[1:])]
     per_seed = {label: " > ".join(sorted(order, key=lambda m: -s[m])) for label, s in scores.items()}
     return {"seeds": n, "labels": list(scores), "scores": scores, "modes": modes, "pairs": pairs,
@@ -376,16 +386,19 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {ranked}{paper} |")
     lines += ["", "| Controller | mean ± s.e. over seeds |", "|---|---|"]
     lines += [f"| {names[m]} | {summary['modes'][m]['mean']:.1f} ± {summary['modes'][m]['se']:.1f} |" for m in order]
-    lines += ["", "| Paired per seed | mean ± s.e. | standard errors | seeds favouring the first | sign test p |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| Paired per seed | mean ± s.e. | standard errors | seeds favouring the first | sign test p | "
+                  "seeds for 2 s.e. |", "|---|---|---|---|---|---|"]
     for pair, p in summary["pairs"].items():
+        needed = p.get("seeds_for_two_se")
         lines.append(f"| {pair} | {p['mean']:+.1f} ± {p['se']:.1f} | {p['standard_errors']:.1f} | "
-                     f"{p['wins']} of {summary['seeds']} | {p['sign_test_p']:.3f} |")
+                     f"{p['wins']} of {summary['seeds']} | {p['sign_test_p']:.3f} | {needed or '—'} |")
     verdict = "reproduced" if summary["order_reproduced"] else "not reproduced"
     lines += ["", f"The paper's order {' > '.join(order)} is **{verdict}** at two standard errors per consecutive "
                   f"pair; the means are {'' if summary['means_in_order'] else 'not '}in that order, and "
                   f"{summary['seeds_in_order']} of {summary['seeds']} seeds "
-                  f"{'shows' if summary['seeds_in_order'] == 1 else 'show'} it."]
+                  f"{'shows' if summary['seeds_in_order'] == 1 else 'show'} it.",
+              "", "(Seeds for 2 s.e.: how many seeds would put each gap at two standard errors if its mean and "
+                  "per-seed spread held; a projection for planning, not a result.)"]
     return "\n".join(lines)
 
 
