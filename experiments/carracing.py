@@ -33,7 +33,8 @@ before 2026-12-02, when C trained on 500-step episodes (docs/carracing.md, "Full
 `carracing-paper-cpu`, the paper's models and settings at cpu-small-t500's budget (z + h only, 43 minutes on a
 2-core Zen 3 VM); `--preset cpu-small-imitate` is cpu-small-t500 with C's search started from a fit to the
 scripted driver's actions (`controller.init=imitate`; 21 minutes on a Zen 4 VM; docs/carracing.md, "Warm start
-by imitation"). An interrupted run resumes where it stopped
+by imitation"); `--preset cpu-small-paper-c` is cpu-small with the paper's C inputs and search (sampled raw z and h,
+one σ₀ = 0.1, L2 0.01; docs/carracing.md, "The paper's C settings at cpu-small"). An interrupted run resumes where it stopped
 when re-run with the same --out.
 Config overrides use the dataclass paths, as for `wmj run` (e.g. `--controller.es.generations 10`).
 """

@@ -30,7 +30,7 @@ def test_sigma_fan_in_is_on_in_the_carracing_cpu_small_presets_only_and_bad_valu
 
     on = {name for name, preset in PRESETS.items() if preset.controller.sigma_fan_in}
     assert on == {"carracing-cpu-small", "carracing-cpu-small-e16", "carracing-cpu-small-t500",
-                  "carracing-cpu-small-imitate"}  # the paper presets keep the paper's single sigma_init
+                  "carracing-cpu-small-imitate"}  # the paper presets (and paper-c) keep the paper's single sigma_init
     assert get_preset("carracing-cpu-small").controller.sigma_fan_in == 16
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="sigma_fan_in"):
@@ -123,3 +123,15 @@ def test_bad_cpu_devices_is_a_clear_error(tmp_path, capsys):
         assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "run"), "--cpu-devices", bad]) == 2
         assert f"--cpu-devices must be 'auto' or an int >= 1, got '{bad}'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_carracing_cpu_small_paper_c_changes_only_cs_inputs_and_search_to_the_papers():
+    paper_c, small, paper = (_flat(dataclasses.asdict(get_preset(name, "CarRacing-v0"))) for name in
+                             ("carracing-cpu-small-paper-c", "carracing-cpu-small", "carracing-paper"))
+    changed = {key for key in small if small[key] != paper_c[key]}
+    assert changed == {"preset", "controller.z_sample", "controller.normalize_features", "controller.sigma_fan_in",
+                       "controller.es.sigma_init", "controller.es.l2_coef"}
+    assert all(paper_c[key] == paper[key] for key in changed - {"preset"})
+    assert (paper_c["controller.z_sample"], paper_c["controller.normalize_features"], paper_c["controller.sigma_fan_in"],
+            paper_c["controller.es.sigma_init"], paper_c["controller.es.l2_coef"]) == (True, False, 0, 0.1, 0.01)
+    assert get_preset("cpu-small-paper-c", "CarRacing-v0").preset == "carracing-cpu-small-paper-c"

@@ -6,7 +6,8 @@ Presets are named instances, not files: `cpu-small` (pixel CartPole on a 2-core 
 evaluations), and `carracing-cpu-small-t500` as it was until 2026-12-02 (C trained on 500-step episodes).
 `carracing-paper-cpu` is the paper preset's models and settings at `carracing-cpu-small-t500`'s budget.
 `carracing-cpu-small-imitate` is `carracing-cpu-small-t500` with C's search started from an imitation of the
-scripted driver (`controller.init`).
+scripted driver (`controller.init`). `carracing-cpu-small-paper-c` is `carracing-cpu-small` with the paper's C
+inputs and search settings (sampled raw z and h, one σ₀ = 0.1, L2 0.01).
 Sizes that follow from the environment and from V (M's z and action sizes, C's input sizes) are
 filled in by `resolve`, and the resolved config is what a run directory records.
 """
@@ -382,6 +383,23 @@ PRESETS["carracing-cpu-small-imitate"] = dataclasses.replace(
     controller=dataclasses.replace(PRESETS["carracing-cpu-small-t500"].controller, init="imitate",
                                    es=dataclasses.replace(PRESETS["carracing-cpu-small-t500"].controller.es,
                                                           sigma_init=0.2236)))
+
+
+def with_paper_controller_inputs(small: PipelineConfig, paper: PipelineConfig, name: str) -> PipelineConfig:
+    """`small` with C's inputs and search set as in `paper`: sampled, raw (not standardised) z and h, one σ₀ for
+    every controller (no fan-in rule) and the paper's L2 penalty. Models, data and ES budget stay `small`'s."""
+    controller = dataclasses.replace(
+        small.controller, z_sample=paper.controller.z_sample, normalize_features=paper.controller.normalize_features,
+        sigma_fan_in=paper.controller.sigma_fan_in,
+        es=dataclasses.replace(small.controller.es, sigma_init=paper.controller.es.sigma_init,
+                               l2_coef=paper.controller.es.l2_coef))
+    return dataclasses.replace(small, preset=name, controller=controller)
+
+
+# `carracing-cpu-small` with the paper's C inputs and search settings: does the paper's C change the V-only order at
+# the CPU budget? docs/carracing.md, "The paper's C settings at cpu-small", compares it with the preset seed by seed.
+PRESETS["carracing-cpu-small-paper-c"] = with_paper_controller_inputs(
+    PRESETS["carracing-cpu-small"], PRESETS["carracing-paper"], "carracing-cpu-small-paper-c")
 
 
 ENV_FAMILIES: dict[str, str] = {"CarRacing-v0": "carracing", "CarRacingDiscrete-v0": "carracing",
