@@ -28,13 +28,13 @@ the road, the curve ahead) with the run's ES budget, and scores it on the table'
 
 `--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes: 14 minutes on an Intel Xeon VM);
 `--preset cpu-small-e16` is that preset from 2026-12-02 to 2026-12-07, when C was kept by 16-episode evaluations
-instead of 64 (docs/carracing.md, "How the kept controller is chosen"); `--preset cpu-small-t500` is that preset
-before 2026-12-02, when C trained on 500-step episodes (docs/carracing.md, "Full-length training episodes"); `--preset paper` is `carracing-paper` (GPU); `--preset paper-cpu` is
+instead of 64 (docs/carracing_studies.md, "How the kept controller is chosen"); `--preset cpu-small-t500` is that preset
+before 2026-12-02, when C trained on 500-step episodes (docs/carracing_studies.md, "Full-length training episodes"); `--preset paper` is `carracing-paper` (GPU); `--preset paper-cpu` is
 `carracing-paper-cpu`, the paper's models and settings at cpu-small-t500's budget (z + h only, 43 minutes on a
 2-core Zen 3 VM); `--preset cpu-small-imitate` is cpu-small-t500 with C's search started from a fit to the
-scripted driver's actions (`controller.init=imitate`; 21 minutes on a Zen 4 VM; docs/carracing.md, "Warm start
+scripted driver's actions (`controller.init=imitate`; 21 minutes on a Zen 4 VM; docs/carracing_studies.md, "Warm start
 by imitation"); `--preset cpu-small-paper-c` is cpu-small with the paper's C inputs and search (sampled raw z and h,
-one σ₀ = 0.1, L2 0.01; docs/carracing.md, "The paper's C settings at cpu-small"). An interrupted run resumes where it stopped
+one σ₀ = 0.1, L2 0.01; docs/carracing_studies.md, "The paper's C settings at cpu-small"). An interrupted run resumes where it stopped
 when re-run with the same --out.
 Config overrides use the dataclass paths, as for `wmj run` (e.g. `--controller.es.generations 10`).
 """

@@ -129,7 +129,7 @@ class ControllerStageConfig:
     sigma_fan_in: int = 0
     """0: every mode starts CMA-ES at es.sigma_init. N > 0: a controller with I inputs starts at
     es.sigma_init * sqrt(N / I), so that with standardised features every mode's initial tanh
-    pre-activations have the spread of an N-input controller (see docs/carracing.md, runs I0-I2)."""
+    pre-activations have the spread of an N-input controller (see docs/carracing_studies.md, runs I0-I2)."""
 
     def sigma_init_for(self, input_size: int) -> float:
         """CMA-ES's initial step size for a controller with `input_size` inputs."""
@@ -290,13 +290,13 @@ PRESETS: dict[str, PipelineConfig] = {
             modes=("z_h", "z", "z_hidden"), action_mapping="carracing",
             # Population 32 (was 16): at least CMA-ES's default 4 + 3 ln n for every controller (z + hidden has
             # 803 parameters: 24). With the same V and M, z + h rose by 194 on average over seeds 0-6, on all
-            # seven (docs/carracing.md, "Population 32"), for about 17-20 minutes for the whole experiment on a
+            # seven (docs/carracing_studies.md, "Population 32"), for about 17-20 minutes for the whole experiment on a
             # Zen 4 VM. A Zen 3 VM took 38 min, then 25 min once V's forward-only convs were 1.56x faster
-            # (docs/carracing.md, "Seeds 7, 8 and 9").
+            # (docs/carracing_studies.md, "Seeds 7, 8 and 9").
             # 1 rollout x 120 generations of full 1000-step episodes (was 4 x 60 of 500 steps; the same
             # env steps): C is trained on the episodes it is tested on, and CMA-ES gets twice the updates.
             # Controllers trained on 500 steps drove well to step 500, then braked and drifted off the road
-            # (docs/carracing.md, "Full-length training episodes").
+            # (docs/carracing_studies.md, "Full-length training episodes").
             # The kept controller is the best of the ES mean's six evaluations, each over 64 fresh tracks (was
             # 16: a standard error of 24-71, as large as the differences between checkpoints, so the pick
             # favoured a lucky one). Same ES trajectories; on seeds 14-20 the test scores rose by +15.5 (z),
@@ -307,7 +307,7 @@ PRESETS: dict[str, PipelineConfig] = {
             z_sample=False, normalize_features=True, max_episode_steps=0,
             # sigma_init scaled to each controller's fan-in (z + h: 0.5 * sqrt(16 / 80) = 0.224; z and z + hidden
             # keep 0.5): with the same V and M, z + h went 492 -> 615, 393 -> 481, 164 -> 341 on seeds 0-2
-            # (docs/carracing.md, runs I0-I2).
+            # (docs/carracing_studies.md, runs I0-I2).
             sigma_fan_in=16,
         ),
         evaluate=EvaluateConfig(episodes=100),
@@ -353,7 +353,7 @@ def paper_settings_at_cpu_budget(paper: PipelineConfig, small: PipelineConfig, n
 
 
 # `carracing-cpu-small` as it was from 2026-12-02 to 2026-12-07: the kept controller chosen by 16-episode
-# evaluations. The 21-seed table in docs/carracing.md ("Full-length training episodes") used it.
+# evaluations. The 21-seed table in docs/carracing_studies.md ("Full-length training episodes") used it.
 PRESETS["carracing-cpu-small-e16"] = dataclasses.replace(
     PRESETS["carracing-cpu-small"], preset="carracing-cpu-small-e16",
     controller=dataclasses.replace(PRESETS["carracing-cpu-small"].controller,
@@ -377,7 +377,7 @@ PRESETS["carracing-paper-cpu"] = paper_settings_at_cpu_budget(PRESETS["carracing
 
 # `carracing-cpu-small-t500` with C's search started from an imitation of the scripted driver (`train/imitation.py`)
 # instead of zeros. σ₀ 0.224 with the same fan-in rule: z and z + hidden 0.224, z + h 0.1, about as far from
-# the fitted controller as its own outputs vary (docs/carracing.md, "Warm start by imitation").
+# the fitted controller as its own outputs vary (docs/carracing_studies.md, "Warm start by imitation").
 PRESETS["carracing-cpu-small-imitate"] = dataclasses.replace(
     PRESETS["carracing-cpu-small-t500"], preset="carracing-cpu-small-imitate",
     controller=dataclasses.replace(PRESETS["carracing-cpu-small-t500"].controller, init="imitate",
@@ -397,7 +397,7 @@ def with_paper_controller_inputs(small: PipelineConfig, paper: PipelineConfig, n
 
 
 # `carracing-cpu-small` with the paper's C inputs and search settings: does the paper's C change the V-only order at
-# the CPU budget? docs/carracing.md, "The paper's C settings at cpu-small", compares it with the preset seed by seed.
+# the CPU budget? docs/carracing_studies.md, "The paper's C settings at cpu-small", compares it with the preset seed by seed.
 PRESETS["carracing-cpu-small-paper-c"] = with_paper_controller_inputs(
     PRESETS["carracing-cpu-small"], PRESETS["carracing-paper"], "carracing-cpu-small-paper-c")
 

@@ -1,8 +1,8 @@
 """Warm-starting C by imitation: fit a controller to a teacher's actions, then let CMA-ES refine it.
 
 At `carracing-cpu-small`'s ES budget (60 generations of 32) the search, not C's inputs, limits the score: a
-linear controller on the car's true state reaches the same ~580 as those on z or [z, h] (docs/carracing.md,
-"State oracle"). An ES that starts from a controller already fitted to a good driver spends its budget refining
+linear controller on the car's true state reaches the same ~580 as those on z or [z, h] (docs/carracing_studies.md,
+"Seed 13, and what limits the controllers"). An ES that starts from a controller already fitted to a good driver spends its budget refining
 rather than finding how to drive, and where it starts depends on what its inputs can express.
 
 The recipe, one function each:
