@@ -8,6 +8,8 @@
         [--frames gymnasium|ours|ours_during_zoom] [--physics gymnasium|ours]
         (a CarRacing-v0 run's V + M + C on gymnasium's CarRacing-v3; needs `pip install -e '.[gymnasium]'`)
     wmj evaluate --out DIR --hold-at-mean h [--hold-at-mean z] [--mode z_h]   (C's input held at its data mean)
+    wmj fork --from RUN --out NEW --stage STAGE [--modes z_h ...] [--continue] [overrides]
+        (NEW keeps RUN's stages before STAGE; `wmj run --out NEW` redoes the rest: worldmodels_jax/fork.py)
     wmj rl {dp,q-learning,sarsa,dqn,reinforce} ...
     wmj evolve --env ... --policy ... --strategy CMA_ES --population N
     wmj bench [--quick] [--only NAME]
@@ -146,6 +148,43 @@ def cmd_stage(command: str, args, rest, restart_command: list[str] | None = None
     return 0
 
 
+def cmd_fork(argv: list[str]) -> int:
+    """`wmj fork`: a new run that keeps a finished run's stages before --stage (worldmodels_jax/fork.py)."""
+    from worldmodels_jax.fork import FORK_STAGES, __doc__ as fork_doc, fork_run
+
+    parser = argparse.ArgumentParser(prog="wmj fork", add_help=False)
+    parser.add_argument("--from", dest="source", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--stage", choices=FORK_STAGES)
+    parser.add_argument("--modes", nargs="+", default=None)
+    parser.add_argument("--continue", dest="continue_search", action="store_true")
+    parser.add_argument("-h", "--help", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    if args.help:
+        print(fork_doc.strip())
+        return 0
+    missing = [flag for flag, value in (("--from", args.source), ("--out", args.out), ("--stage", args.stage))
+               if value is None]
+    if missing:
+        raise WMJError(f"wmj fork needs {', '.join(missing)}: wmj fork --from RUN --out NEW --stage "
+                       f"{{{','.join(FORK_STAGES)}}} [overrides]")
+    if not (args.source / "config.json").exists():
+        raise WMJError(f"{args.source} is not a run directory (no config.json); pass the run to fork with --from")
+    config = build_config(None, None, args.source, rest)
+    record = fork_run(args.source, args.out, args.stage, config, tuple(args.modes or ()) or None,
+                      args.continue_search)
+    print(f"forked {args.source} at {args.stage} into {args.out}")
+    print(f"  kept: {', '.join(record['kept_stages'])}"
+          + (f"; controllers {', '.join(record['kept_modes'])}" if record["kept_modes"] else ""))
+    if record["retrain_modes"]:
+        how = "resuming from the source's ES checkpoints" if record["continue"] else "from the start"
+        print(f"  retrain: {', '.join(record['retrain_modes'])} ({how})")
+    for field, change in record["differences"].items():
+        print(f"  {field}: {change['source']!r} -> {change['fork']!r}")
+    print(f"next: wmj run --out {args.out}   (CarRacing's table: python experiments/carracing.py --out {args.out})")
+    return 0
+
+
 def cmd_dream(args, rest) -> int:
     """`wmj dream --out DIR [--temperature T] [--steps N] [--mode MODE]`: a GIF of an imagined episode."""
     from worldmodels_jax.pipeline import Pipeline, load_config
@@ -242,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     """`argv` None: the command line, which `--cpu-devices` may start over (`use_cpu_devices`)."""
     restart_command = ["-m", "worldmodels_jax.cli", *sys.argv[1:]] if argv is None else None
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream")
+    commands = ("run", *STAGE_COMMANDS, "info", "rl", "bench", "evolve", "dream", "fork")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
@@ -263,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             from worldmodels_jax.bench import main as bench_main
 
             return bench_main(rest) or 0
+        if command == "fork":
+            return cmd_fork(rest)
         args, rest = _parse_common(rest, command)
         if command == "info":
             return cmd_info(args, rest)
