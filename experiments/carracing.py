@@ -26,7 +26,8 @@ the road, the curve ahead) with the run's ES budget, and scores it on the table'
 (`carracing_diagnostics.train_state_oracle`), into <run>/state_oracle_<mode>_<strategy>_g<generations>_s<seed>.json;
 `--oracle-strategy` and `--oracle-es-seed` ask how much the search itself varies.
 
-`--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes: 14 minutes on an Intel Xeon VM);
+`--preset cpu-small` is `carracing-cpu-small` (2-core CPU, under 30 minutes: 15-17 on an AMD EPYC
+model 17 VM, 26-28 on a Zen 3 VM);
 `--preset cpu-small-e16` is that preset from 2026-12-02 to 2026-12-07, when C was kept by 16-episode evaluations
 instead of 64 (docs/carracing_studies.md, "How the kept controller is chosen"); `--preset cpu-small-t500` is that preset
 before 2026-12-02, when C trained on 500-step episodes (docs/carracing_studies.md, "Full-length training episodes"); `--preset paper` is `carracing-paper` (GPU); `--preset paper-cpu` is
@@ -35,7 +36,8 @@ before 2026-12-02, when C trained on 500-step episodes (docs/carracing_studies.m
 scripted driver's actions (`controller.init=imitate`; 21 minutes on a Zen 4 VM; docs/carracing_studies.md, "Warm start
 by imitation"); `--preset cpu-small-paper-c` is cpu-small with the paper's C inputs and search (sampled raw z and h,
 one σ₀ = 0.1, L2 0.01; docs/carracing_studies.md, "The paper's C settings at cpu-small"). An interrupted run resumes where it stopped
-when re-run with the same --out.
+when re-run with the same --out; without --preset the run's own config.json gives the settings, so a run that
+`wmj fork` prepared (`wmj fork --help`) runs with just `--out`.
 Config overrides use the dataclass paths, as for `wmj run` (e.g. `--controller.es.generations 10`).
 """
 
@@ -53,11 +55,19 @@ from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline, load_config
 
 
+def experiment_config(preset: str | None, out: Path, overrides: list[str]):
+    """The run's settings: `preset` (default cpu-small) for a new run; without `preset`, an existing run's own
+    config.json (a resumed or forked run); then the overrides."""
+    return build_config(preset, "CarRacing-v0", out, overrides)
+
+
 def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     """`restart_command`: how to start this script over with more CPU devices (`--cpu-devices`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--preset", default="cpu-small")
+    parser.add_argument("--preset", default=None,
+                        help="default: the --out run's own settings when it exists (a resumed or forked run), "
+                             "else cpu-small")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="RUN",
                         help="summarize finished runs over seeds instead of running (run dirs or table JSON files)")
@@ -85,10 +95,10 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     if args.oracle:
         return oracle(args.oracle, args.oracle_mode, args.oracle_generations, args.oracle_strategy,
                       args.oracle_es_seed, overrides)
-    out = args.out or Path("runs") / f"carracing-{args.preset}"
+    out = args.out or Path("runs") / f"carracing-{args.preset or 'cpu-small'}"
     start = time.perf_counter()
     try:
-        config = build_config(args.preset, "CarRacing-v0", out, overrides)
+        config = experiment_config(args.preset, out, overrides)
         use_cpu_devices(args.cpu_devices, config, restart_command)
         pipeline = Pipeline(config, out, progress=not args.quiet)
         pipeline.run_all()

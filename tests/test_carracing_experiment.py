@@ -16,6 +16,7 @@ import pytest
 
 from worldmodels_jax.cli import main as wmj
 from worldmodels_jax.configs import CollectConfig, get_preset
+from worldmodels_jax.rundir import RunDir
 from worldmodels_jax.data import make_collect_shard, make_env
 from worldmodels_jax.envs.actions import action_spec
 from worldmodels_jax.envs.carracing import noisy_scripted_driver
@@ -238,6 +239,18 @@ def _carracing_script():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
+
+
+def test_the_experiment_takes_an_existing_runs_own_settings_unless_a_preset_is_given(tmp_path):
+    script = _carracing_script()
+    e16 = get_preset("cpu-small-e16", "CarRacing-v0")
+    forked = dataclasses.replace(e16, controller=dataclasses.replace(
+        e16.controller, es=dataclasses.replace(e16.controller.es, generations=480)))
+    RunDir(tmp_path / "forked").save_config(forked)  # what `wmj fork` leaves for the script
+    assert script.experiment_config(None, tmp_path / "forked", []) == forked
+    assert script.experiment_config(None, tmp_path / "forked", ["--evaluate.episodes", "7"]).evaluate.episodes == 7
+    assert script.experiment_config(None, tmp_path / "new", []) == get_preset("cpu-small", "CarRacing-v0")
+    assert script.experiment_config("cpu-small-e16", tmp_path / "forked", []) == e16
 
 
 def test_summary_over_seeds_cli_and_its_errors(tmp_path, capsys):
