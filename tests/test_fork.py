@@ -147,3 +147,25 @@ def test_a_fork_needs_the_kept_stages_finished_and_a_new_directory(source, tmp_p
     assert "no config.json" in fork_error(tmp_path / "taken", tmp_path / "b", "train-controller")
     assert wmj(["fork", "--from", str(tmp_path / "taken"), "--out", str(tmp_path / "b"), "--stage", "evaluate"]) == 2
     assert wmj(["fork", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_an_interrupted_fork_leaves_nothing_behind(source, tmp_path, monkeypatch):
+    import worldmodels_jax.fork as fork_module
+    from worldmodels_jax.cli import build_config
+
+    copies = []
+
+    def copytree_then_die(origin, target):
+        copies.append(origin)
+        if len(copies) == 2:
+            raise KeyboardInterrupt  # killed mid-copy
+        return shutil.copytree(origin, target)
+
+    monkeypatch.setattr(fork_module.shutil, "copytree", copytree_then_die)
+    config = build_config(None, None, source, [])
+    with pytest.raises(KeyboardInterrupt):
+        fork_run(source, tmp_path / "fork", "train-controller", config)
+    assert len(copies) == 2 and sorted(p.name for p in tmp_path.iterdir()) == []  # no fork, no staging directory
+    monkeypatch.undo()
+    fork_run(source, tmp_path / "fork", "train-controller", config)  # the same fork, run again, goes through
+    assert (tmp_path / "fork/stages/train-mdn.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fork"]

@@ -24,7 +24,9 @@ source, the stage, the modes and every setting that differs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from worldmodels_jax.configs import PipelineConfig, resolve
@@ -189,21 +191,30 @@ def fork_run(source: str | Path, out: str | Path, stage: str, config: PipelineCo
         paths += [p for m in retrain for p in controller_files(m, finished=False)]
     if "evaluate" in redo and "evaluate" not in {f.split(".")[0] for f in differences}:
         paths.append("stages/evaluate-scripted.json")  # CarRacing's scripted row reads the evaluate settings only
-    out.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for relative in paths:
-        origin = source / relative
-        if not origin.exists():
-            continue
-        target = out / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if origin.is_dir() else shutil.copy2)(origin, target)
-        copied.append(relative)
-    write_json_atomic(out / "config.json", config)
-    record = {
-        "source": str(source.resolve()), "stage": stage, "kept_stages": list(kept_stages), "redo": list(redo),
-        "retrain_modes": list(retrain), "kept_modes": list(keep_modes), "continue": continue_search,
-        "differences": {f: {"source": c[0], "fork": c[1]} for f, c in differences.items()}, "copied": copied,
-    }
-    write_json_atomic(out / "forked_from.json", record)
+    # Built beside `out` and renamed into place, so an interrupted fork leaves no half-copied run behind.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.forking-", dir=out.parent))
+    try:
+        copied = []
+        for relative in paths:
+            origin = source / relative
+            if not origin.exists():
+                continue
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if origin.is_dir() else shutil.copy2)(origin, target)
+            copied.append(relative)
+        write_json_atomic(staging / "config.json", config)
+        record = {
+            "source": str(source.resolve()), "stage": stage, "kept_stages": list(kept_stages), "redo": list(redo),
+            "retrain_modes": list(retrain), "kept_modes": list(keep_modes), "continue": continue_search,
+            "differences": {f: {"source": c[0], "fork": c[1]} for f, c in differences.items()}, "copied": copied,
+        }
+        write_json_atomic(staging / "forked_from.json", record)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return record
