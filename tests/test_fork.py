@@ -133,6 +133,7 @@ def test_settings_that_would_change_a_kept_stage_are_refused_by_name(source, tmp
     assert "not in the fork's controller.modes" in fork_error(source, out, "train-controller", modes=("z_hidden",))
     assert "unknown fork stage 'collect'" in fork_error(source, out, "collect")
     assert "fork at --stage train-controller" in fork_error(source, out, "evaluate", "--controller.modes", "z")
+    assert "apply to --stage train-controller only" in fork_error(source, out, "evaluate", continue_search=True)
     assert not out.exists()  # nothing was written
 
 

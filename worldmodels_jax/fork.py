@@ -168,9 +168,6 @@ def fork_run(source: str | Path, out: str | Path, stage: str, config: PipelineCo
                                       f"without --continue")
     elif modes or continue_search:
         raise ConfigError("--modes and --continue apply to --stage train-controller only")
-    elif "train-controller" in kept_stages and set(new_modes) != set(source_modes):
-        raise ConfigError(f"controller.modes {list(new_modes)} differs from the source's {list(source_modes)}, "
-                          f"whose controllers the fork keeps; fork at --stage train-controller to change them")
 
     # 3. Every kept stage must have finished in the source.
     for name in kept_stages:
