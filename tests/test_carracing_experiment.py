@@ -503,8 +503,6 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     assert len(outcomes["returns"]) == 4 and outcomes["steps_mean"] <= 12
     assert [w["steps"] for w in result["timeline"]] == [[0, 12]]  # one 250-step window, cut at max_steps
     assert result["timeline"][0]["reward_per_episode"] == pytest.approx(outcomes["return_mean"], abs=1e-4)
-    again = feature_probe(pipeline, "z_h", episodes=4, max_steps=12)  # keys from the run's seed: deterministic
-    assert again["r2"] == result["r2"]
     with pytest.raises(ConfigError, match="was not trained"):
         feature_probe(pipeline, "z_hidden", episodes=4, max_steps=12)
     # a V that outputs NaN is reported, not turned into NaN R²s
@@ -512,7 +510,7 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     poisoned = jax.tree.map(lambda x: x * np.nan, vae)
     pipeline.run.checkpointer("vae").save(1, poisoned)
     with pytest.raises(NonFiniteError, match="non-finite values"):
-        feature_probe(pipeline, "z", episodes=4, max_steps=12)
+        feature_probe(pipeline, "z_h", episodes=4, max_steps=12)
     pipeline.run.checkpointer("vae").save(2, vae)
     # the scripted driver stays on the road and is faster than an untrained controller
     driver = feature_probe(pipeline, "scripted", episodes=4, max_steps=60)["outcomes"]
@@ -520,10 +518,12 @@ def test_feature_probe_on_a_run_and_its_cli(tmp_path, capsys):
     with pytest.raises(ConfigError, match="episodes >= 2"):
         feature_probe(pipeline, "z", episodes=1, max_steps=12)
 
-    script = _carracing_script()
-    assert script.main(["--probe", str(out), "--probe-mode", "z", "--probe-episodes", "4", "--probe-steps", "12"]) == 0
+    (out / "feature_probe_z_h.json").unlink()
+    script = _carracing_script()  # probes again, with keys from the run's seed: the same R²s (deterministic)
+    assert script.main(["--probe", str(out), "--probe-mode", "z_h", "--probe-episodes", "4", "--probe-steps", "12"]) == 0
     printed = capsys.readouterr().out
-    assert "| z, previous z |" in printed and "forward_speed" in printed and (out / "feature_probe_z.json").exists()
+    assert "| z, previous z |" in printed and "forward_speed" in printed
+    assert json.loads((out / "feature_probe_z_h.json").read_text())["r2"] == result["r2"]
     assert "| 0–12 | 4 |" in printed  # the timeline: one window, four episodes running
     assert script.main(["--probe", str(out), "--probe-mode", "z_hidden"]) == 2
     assert "was not trained" in capsys.readouterr().err
@@ -548,16 +548,18 @@ def test_state_oracle_reads_the_true_state_and_trains_at_the_runs_budget(tmp_pat
     es = pipeline.config.controller.es
     assert result["generations"] == 2 and [c["generation"] for c in result["curve"]] == [es.eval_every]
     assert result["episodes"] == pipeline.config.evaluate.episodes and np.isfinite(result["mean"])
-    assert json.loads((out / f"state_oracle_z_{es.strategy}_g2_s0.json").read_text())["mean"] == result["mean"]
-    assert train_state_oracle(pipeline, "z", generations=2)["mean"] == result["mean"]  # the run's keys: repeatable
+    written = out / f"state_oracle_z_{es.strategy}_g2_s0.json"
+    assert json.loads(written.read_text())["mean"] == result["mean"]
+    written.unlink()
+    script = _carracing_script()  # trains again, from the run's keys: the same result (repeatable)
+    assert script.main(["--oracle", str(out), "--oracle-generations", "2"]) == 0
+    assert "State oracle (z, CMA_ES, ES seed 0, 2 generations" in capsys.readouterr().out
+    assert json.loads(written.read_text())["mean"] == result["mean"]
     other = train_state_oracle(pipeline, "z", generations=2, strategy="SNES", es_seed=1)
     assert other["strategy"] == "SNES" and other["path"].endswith("state_oracle_z_SNES_g2_s1.json")
     with pytest.raises(ConfigError, match="unknown evolution strategy"):
         train_state_oracle(pipeline, "z", generations=2, strategy="CMA")
     with pytest.raises(ConfigError, match="'z' \\(linear\\) or 'z_hidden'"):
         train_state_oracle(pipeline, "z_h")
-    script = _carracing_script()
-    assert script.main(["--oracle", str(out), "--oracle-generations", "2"]) == 0
-    assert "State oracle (z, CMA_ES, ES seed 0, 2 generations" in capsys.readouterr().out
     assert script.main(["--oracle", str(out), "--oracle-generations", "0"]) == 2
     assert "generations must be >= 1" in capsys.readouterr().err
