@@ -19,6 +19,9 @@ for _flag, _value in SUITE_XLA_FLAGS.items():
 # Programs that compile in over 0.5 s go to the persistent cache; subprocesses given a cache directory inherit this.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+import fcntl  # noqa: E402
+import shutil  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -29,6 +32,33 @@ jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__fi
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+@pytest.fixture(scope="session")
+def _shared_tiny_run(tmp_path_factory):
+    """One finished `wmj run --preset tiny`, built once for the whole suite: the first pytest worker that needs
+    it builds it, under a lock in the workers' common temporary directory; the others find it there."""
+    from worldmodels_jax.cli import main as wmj
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    done = root / "tiny-run-shared"
+    with open(root / "tiny-run-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            building = root / f"tiny-run-building-{os.getpid()}"
+            shutil.rmtree(building, ignore_errors=True)
+            assert wmj(["run", "--preset", "tiny", "--out", str(building), "--quiet"]) == 0
+            building.rename(done)  # complete, or not there at all
+    return done
+
+
+@pytest.fixture(scope="module")
+def tiny_run(_shared_tiny_run, tmp_path_factory):
+    """A test file's own copy of the shared finished tiny run (its tests may write into it)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    shutil.copytree(_shared_tiny_run, out)
+    return out
 
 
 @pytest.fixture(autouse=True, scope="module")

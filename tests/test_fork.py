@@ -16,11 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    out = tmp_path_factory.mktemp("source")
-    assert wmj(["run", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
-    (out / "feature_probe_z_h.json").write_text("{}")  # a diagnostic beside the run: not the fork's
-    return out
+def source(tiny_run):
+    """A finished `wmj run --preset tiny` (conftest.py: this file's own copy)."""
+    (tiny_run / "feature_probe_z_h.json").write_text("{}")  # a diagnostic beside the run: not the fork's
+    return tiny_run
 
 
 def read(path):

@@ -21,11 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks/
 TINY = get_preset("tiny")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    assert wmj(["run", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
-    return out
+# tiny_run (conftest.py): a finished `wmj run --preset tiny`, this file's own copy.
 
 
 def test_end_to_end_writes_every_artifact(tiny_run):
