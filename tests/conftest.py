@@ -47,7 +47,6 @@ def _shared_tiny_run(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
             building = root / f"tiny-run-building-{os.getpid()}"
-            shutil.rmtree(building, ignore_errors=True)
             assert wmj(["run", "--preset", "tiny", "--out", str(building), "--quiet"]) == 0
             building.rename(done)  # complete, or not there at all
     return done
