@@ -51,6 +51,7 @@ from pathlib import Path
 from worldmodels_jax.carracing_diagnostics import feature_probe, probe_markdown, train_state_oracle
 from worldmodels_jax.carracing_experiment import carracing_table, load_tables, summarize_seeds, summary_markdown
 from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
+from worldmodels_jax.compile_cache import add_compilation_cache_option, use_compilation_cache
 from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline, load_config
 
@@ -87,7 +88,13 @@ def main(argv: list[str], restart_command: list[str] | None = None) -> int:
     parser.add_argument("--oracle-strategy", default=None, help="with --oracle: evosax strategy (default: the run's)")
     parser.add_argument("--oracle-es-seed", type=int, default=0, help="with --oracle: > 0 draws other ES keys")
     add_cpu_devices_option(parser)
+    add_compilation_cache_option(parser)
     args, overrides = parser.parse_known_args(argv)
+    try:
+        use_compilation_cache(args.compilation_cache)
+    except WMJError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.summarize:
         return summarize(args.summarize, args.summary_out, args.allow_mixed, overrides)
     if args.probe:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from worldmodels_jax.cli import add_cpu_devices_option, build_config, use_cpu_devices
+from worldmodels_jax.compile_cache import add_compilation_cache_option, use_compilation_cache
 from worldmodels_jax.errors import WMJError
 from worldmodels_jax.pipeline import Pipeline
 from worldmodels_jax.temperature import TEMPERATURES, temperature_table
@@ -31,7 +32,13 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=None, help="scoring episodes per row (default: evaluate.episodes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_cpu_devices_option(parser)
+    add_compilation_cache_option(parser)
     args, overrides = parser.parse_known_args(argv)
+    try:
+        use_compilation_cache(args.compilation_cache)
+    except WMJError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
         config = build_config(args.preset, "TakeCover-v0", args.out, overrides)

@@ -16,8 +16,12 @@ for _flag, _value in SUITE_XLA_FLAGS.items():
     if _flag not in os.environ.get("XLA_FLAGS", "") and os.environ.get("WMJ_SUITE_XLA_FLAGS", "1") != "0":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
 
-# Programs that compile in over 0.5 s go to the persistent cache; subprocesses given a cache directory inherit this.
+# Compiled executables are shared between tests (and runs) that build identical computations: programs that
+# compile in over 0.5 s go to the suite's persistent cache. Subprocesses that tests start inherit both (without it,
+# `wmj` would use ~/.cache/worldmodels_jax/xla: compile_cache.py).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+SUITE_CACHE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+os.environ["JAX_COMPILATION_CACHE_DIR"] = SUITE_CACHE_DIR
 
 import fcntl  # noqa: E402
 import shutil  # noqa: E402
@@ -25,8 +29,7 @@ import shutil  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Compiled executables are shared between tests (and runs) that build identical computations.
-jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", SUITE_CACHE_DIR)  # in case jax was imported before this file
 
 
 @pytest.fixture
@@ -80,3 +83,37 @@ SLOWEST_FILES = ("test_evolve.py", "test_carracing_experiment.py", "test_takecov
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+# WMJ_COMPILE_PROFILE=<file>: each test's seconds in JAX tracing, lowering and XLA compilation (a persistent-cache
+# hit counts as compile, its retrieval time) beside its wall time, one JSON line per test appended to <file> (every
+# worker appends). `python tests/compile_profile.py <file>` sums them per file. Work in subprocesses is not seen.
+COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+                  "/jax/core/compile/backend_compile_duration": "compile",
+                  "/jax/compilation_cache/compile_time_saved_sec": "cache_saved"}
+_compile_seconds: dict[str, float] = {}
+
+
+def _record_compile_event(event: str, seconds: float, **_) -> None:
+    name = COMPILE_EVENTS.get(event)
+    if name is not None:
+        _compile_seconds[name] = _compile_seconds.get(name, 0.0) + seconds
+
+
+if os.environ.get("WMJ_COMPILE_PROFILE"):
+    jax.monitoring.register_event_duration_secs_listener(_record_compile_event)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):  # runs where the test runs (an xdist worker), setup to teardown
+        import json
+        import time
+
+        _compile_seconds.clear()
+        start = time.perf_counter()
+        yield
+        record = {"test": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                  "wall": round(time.perf_counter() - start, 3),
+                  **{name: round(_compile_seconds.get(name, 0.0), 3) for name in COMPILE_EVENTS.values()}}
+        with open(os.environ["WMJ_COMPILE_PROFILE"], "a") as out:
+            out.write(json.dumps(record) + "\n")

@@ -224,6 +224,9 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "toy": False},
     "pipeline": {"run": _pipeline, "command": "python benchmarks/bench_pipeline.py", "toy": True},
     "scaling": {"run": _scaling, "command": "wmj bench --only dream scaling", "toy": True},
+    # Not in --quick unless named: three fresh processes, each compiling the CarRacing controller's programs (~2 min).
+    "compile_cache": {"run": _run_module("bench_compile_cache"), "command": "python benchmarks/bench_compile_cache.py",
+                      "toy": False, "in_quick": False},
     # Not in --quick unless named (--only paper_costs): its compilations at the paper's sizes take ~5 minutes.
     "paper_costs": {"run": _paper_costs, "command": "python benchmarks/bench_paper_costs.py --size quick", "toy": True,
                     "in_quick": False},
@@ -450,6 +453,12 @@ def _rows(name: str, r: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([f"**PROJECTED** `{r['preset']}` total, on {where}", _fmt(r["projected_total_s"] / 3600, "h"),
                      f"{r['projected_total_s'] / 86400:.2f} days", "—"])
         return ["Figure", "Value", "Anchor", "Efficiency"], rows
+    if name == "compile_cache":
+        rows = [[f"`{r['preset']}` {program}, first call", _fmt(row["warm_s"], "s"),
+                 f"no cache: {_fmt(row['off_s'], 's')} (empty cache: {_fmt(row['cold_s'], 's')})",
+                 f"×{row['off_over_warm']:.1f}"]
+                for program, row in {**r["rows"], "total": r["total"]}.items()]
+        return ["Figure (another run's weights, cache warm)", "Value", "Anchor", "Ratio"], rows
     if name == "scaling":
         rows = [[f"dream package, pop {r['episode_length']['population']}, episode length {steps}",
                  _fmt(row["seconds_per_call"], "s"), "—", f"{1e3 * row['seconds_per_step']:.2f} ms/step"]
@@ -529,6 +538,10 @@ NOTES = {
                       "(`evolve.cpu_devices_for`); a policy with larger layers is sharded over one simulated CPU device "
                       "per core from 2048 members per core, and the benchmark then adds rows for that. Time to 475 "
                       "runs with early exit (ours) after compilation on both sides.",
+    "compile_cache": "Three fresh processes time the first call (trace, compile or load, run) of V's encoder, one "
+                     "z + h ES generation (10-step episodes) and its evaluation: with an empty cache, then with that "
+                     "cache and other weights (a second run of the preset), then with the cache off (the anchor). "
+                     "The programs take the weights as arguments, so the second run loads what the first compiled.",
     "paper_costs": "Each stage of `carracing-paper` runs the pipeline's own code at the preset's sizes (V 4.35M "
                    "parameters, batch 100; M LSTM 256 on 100 × 999 windows; C's generation of 64 × 16 episodes; "
                    "the mean's evaluation over 1,024), with fewer units than the preset (frames, M steps, episode "

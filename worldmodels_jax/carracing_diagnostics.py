@@ -181,7 +181,7 @@ def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: i
     wm = pipeline.world_model_params(agent.uses_memory)
     c_params = pipeline.controller_params(mode)
 
-    def episode(state, key):
+    def episode(state, key, wm, c_params):  # parameters are arguments, not constants in the program
         def step(carry, t):
             state, drive_carry, alive, first = carry
             act_key, env_key = jax.random.split(jax.random.fold_in(key, t))
@@ -201,7 +201,8 @@ def drive_from(pipeline, mode: str, start_states, max_steps: int = 1000, seed: i
         return jax.lax.scan(step, init, jnp.arange(max_steps))[1]
 
     count = jax.tree.leaves(start_states)[0].shape[0]
-    records = jax.device_get(jax.jit(jax.vmap(episode))(start_states, jax.random.split(jax.random.PRNGKey(seed), count)))
+    keys = jax.random.split(jax.random.PRNGKey(seed), count)
+    records = jax.device_get(jax.jit(jax.vmap(episode, in_axes=(0, 0, None, None)))(start_states, keys, wm, c_params))
     alive = np.asarray(records["alive"], bool)
     steps = np.maximum(alive.sum(1), 1)
     lap = (np.asarray(records["lap"], bool) & alive).any(1)
@@ -282,7 +283,7 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
     vae_params, memory_params = pipeline.vae_params(), pipeline.memory_params()
     encoder, memory, encode_action = for_inference(pipeline.vae), pipeline.memory, pipeline.action_encoder
 
-    def episode(key):
+    def episode(key, drive_wm, c_params, vae_params, memory_params):  # parameters are arguments, not constants
         reset_key, run_key = jax.random.split(key)
         obs, state = env.reset(reset_key, env_params)
         drive_carry = () if scripted else agent.init_carry(drive_wm)
@@ -317,7 +318,8 @@ def feature_probe(pipeline, mode: str = "z_h", episodes: int = 64, max_steps: in
 
     keys = jax.random.split(pipeline.key("feature-probe"), episodes)
     start = time.perf_counter()
-    records = jax.device_get(jax.jit(jax.vmap(episode))(keys))
+    records = jax.device_get(jax.jit(jax.vmap(episode, in_axes=(0, None, None, None, None)))(
+        keys, drive_wm, c_params, vae_params, memory_params))
     seconds = time.perf_counter() - start
     parts = {"z": (records["z"],), "h": (records["h"],), "z + h": (records["z"], records["h"]),
              "z, previous z": (records["z"], records["previous_z"])}

@@ -114,15 +114,15 @@ def make_host_policy(pipeline, mode: str, seed: int = 0):
     wm = pipeline.world_model_params(agent.uses_memory)
     c_params = pipeline.controller_params(mode)
 
-    @jax.jit
-    def step(carry, obs, first, key):
+    @jax.jit  # V's, M's and C's parameters are arguments, not constants in the program
+    def step(carry, obs, first, key, wm, c_params):
         key, sub = jax.random.split(key)
         action, carry = agent.act(wm, c_params, carry, obs, first, sub)
         return action, carry, key
 
     def act(obs, state):
         carry, key, first = state
-        action, carry, key = step(carry, jnp.asarray(obs), jnp.asarray(first), key)
+        action, carry, key = step(carry, jnp.asarray(obs), jnp.asarray(first), key, wm, c_params)
         return np.asarray(action), (carry, key, False)
 
     return act, (agent.init_carry(wm), jax.random.PRNGKey(seed), True)

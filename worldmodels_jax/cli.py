@@ -20,6 +20,10 @@ Config overrides use the dataclass paths, e.g. `--train-vae.epochs 2 --controlle
 `--cpu-devices auto|N` (run, the stages, evaluate --hold-at-mean): on a CPU host, split the episodes that have V
 in the loop over N simulated CPU devices; auto is one per core for a V of at least 5 MFLOP per frame, else 1
 (`pipeline.cpu_devices_for`). On GPU/TPU every device is used and the option is ignored.
+
+`--compilation-cache auto|off|DIR` (every command but bench and evolve; default $WMJ_COMPILATION_CACHE, else
+auto): keep compiled programs on disk, so that the next run of a preset loads them instead of compiling; auto is
+JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/worldmodels_jax/xla, at most 2 GiB (`compile_cache.py`).
 """
 
 from __future__ import annotations
@@ -277,6 +281,23 @@ def cmd_evaluate_held(args, rest, restart_command: list[str] | None = None) -> i
     return 0
 
 
+NO_COMPILATION_CACHE = ("bench", "evolve")
+"""Commands that keep JAX's own cache setting: `bench` times compiles, and `evolve` may run as several processes,
+which were seen to run mismatched collectives when they raced on one cache directory (tests/test_evolve_multihost.py)."""
+
+
+def _apply_compilation_cache(command: str, rest: list[str]) -> list[str]:
+    """Takes `--compilation-cache` out of `rest` and applies it, except for NO_COMPILATION_CACHE's commands."""
+    from worldmodels_jax.compile_cache import add_compilation_cache_option, use_compilation_cache
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_compilation_cache_option(parser)
+    args, rest = parser.parse_known_args(rest)
+    if command not in NO_COMPILATION_CACHE:
+        use_compilation_cache(args.compilation_cache)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """`argv` None: the command line, which `--cpu-devices` may start over (`use_cpu_devices`)."""
     restart_command = ["-m", "worldmodels_jax.cli", *sys.argv[1:]] if argv is None else None
@@ -290,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     try:
+        rest = _apply_compilation_cache(command, rest)
         if command == "rl":
             from worldmodels_jax.rl.cli import main as rl_main
 

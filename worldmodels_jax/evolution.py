@@ -2,10 +2,12 @@
 
 `make_evolution(fitness_fn, template, config)` returns pure functions:
     init(key) -> EvoState
-    run_chunk(state) -> (state, metrics stacked over the chunk's generations)
+    run_chunk(state, generations, *fitness_args) -> (state, metrics stacked over the chunk's generations)
     mean_params(state) -> the distribution mean as a parameter pytree
-`fitness_fn(population, key) -> returns [P]` is maximised; evosax minimises, so `tell` gets
-−fitness. Non-finite fitness is counted as the worst value and reported in the metrics.
+`fitness_fn(population, key, *fitness_args) -> returns [P]` is maximised; evosax minimises, so `tell` gets
+−fitness. Non-finite fitness is counted as the worst value and reported in the metrics. `fitness_args` are
+arguments of the compiled chunk (for example V's and M's parameters): arrays the fitness closed over instead would
+be embedded in the program as constants, which slows its compilation and ties it to those values.
 """
 
 from __future__ import annotations
@@ -139,10 +141,10 @@ def make_evolution(fitness_fn: Callable, template, config: ESConfig, x0=None):
         start = x0 if mean is None else jax.tree.map(lambda m, t: jnp.asarray(m, t.dtype), mean, x0)
         return strong_types(EvoState(strategy.init(key_init, start, es_params), key_run, jnp.zeros((), jnp.int32)))
 
-    def generation(state: EvoState, _):
+    def generation(state: EvoState, fitness_args):
         key, key_ask, key_fit, key_tell = jax.random.split(state.key, 4)
         population, es_state = strategy.ask(key_ask, state.es_state, es_params)
-        returns = fitness_fn(population, key_fit)
+        returns = fitness_fn(population, key_fit, *fitness_args)
         fitness = returns - config.l2_coef * mean_sq(population)
         finite = jnp.isfinite(fitness)
         fitness = jnp.where(finite, fitness, WORST_FITNESS)
@@ -157,8 +159,8 @@ def make_evolution(fitness_fn: Callable, template, config: ESConfig, x0=None):
         }
         return EvoState(es_state, key, state.generation + 1), metrics
 
-    def run_chunk(state: EvoState, generations: int):
-        state, metrics = jax.lax.scan(generation, state, None, length=generations)
+    def run_chunk(state: EvoState, generations: int, *fitness_args):
+        state, metrics = jax.lax.scan(lambda s, _: generation(s, fitness_args), state, None, length=generations)
         return strong_types(state), metrics  # some strategies' tell returns weak types (Open_ES's std)
 
     def mean_params(state: EvoState):

@@ -12,7 +12,6 @@ over every device (`Pipeline.mesh`): several GPUs, or on a CPU host the simulate
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 import zlib
@@ -376,7 +375,7 @@ class Pipeline:
         encoded = Dataset.create(self.encoded_dir, {"source": str(self.data_dir), "z_size": self.config.vae.z_size},
                                  dataset.manifest["num_shards"])
 
-        encode_frames = jax.jit(functools.partial(make_frame_encoder(self.vae), params))
+        encode_frames = jax.jit(make_frame_encoder(self.vae))  # V's parameters an argument, not constants
 
         with self._bar(len(dataset.shard_indices), "encode") as bar:
             for index in dataset.shard_indices:
@@ -387,7 +386,7 @@ class Pipeline:
                     flat = obs.reshape((-1, 64, 64, 3))
                     pad = (-len(flat)) % ENCODE_CHUNK
                     flat = np.concatenate([flat, np.zeros((pad, 64, 64, 3), np.uint8)]) if pad else flat
-                    mu, logvar = jax.device_get(encode_frames(jnp.asarray(flat)))
+                    mu, logvar = jax.device_get(encode_frames(params, jnp.asarray(flat)))
                     arrays["mu"] = mu[: envs * steps].reshape((envs, steps, -1))
                     arrays["logvar"] = logvar[: envs * steps].reshape((envs, steps, -1))
                     encoded.write_shard(index, arrays)
@@ -463,38 +462,46 @@ class Pipeline:
         evaluations of a controller. Benchmarks time these directly (benchmarks/bench_paper_costs.py)."""
         ccfg = self.config.controller
         es = ccfg.es
-        if ccfg.where == "dream":
-            env, env_params = self.dream_env()
-            env_params = self.replicated(env_params)
+        dream = ccfg.where == "dream"
+        if dream:
+            env, dream_params = self.dream_env()
+            dream_params = self.replicated(dream_params)
             agent = self.agent(mode, obs_kind="features")
         else:
-            env, env_params = self.env, self.env_params
+            env, dream_params = self.env, None
             agent = self.agent(mode)
         max_steps = self._max_steps(ccfg.max_episode_steps)
+        # V's and M's parameters (and the dream's, M's and its starting frames) are arguments of the compiled
+        # programs: closed over, they would be embedded as constants, which slows compiling and ties each program
+        # to one run's weights. The real env's parameters are a few scalars and stay constants.
+        inputs = (wm, dream_params)
 
-        def fitness(population, key):
-            return population_returns(env, env_params, agent, wm, population, key, es.rollouts, max_steps,
-                                      ccfg.chunk_steps, es.common_random_numbers, self.mesh)
+        def fitness(population, key, wm, dream_params):
+            return population_returns(env, dream_params if dream else self.env_params, agent, wm, population, key,
+                                      es.rollouts, max_steps, ccfg.chunk_steps, es.common_random_numbers, self.mesh)
 
         # The kept controller is chosen where it trains: a dream-trained C never sees a real score during
         # selection. Its real score (V and M in the loop) is logged beside it, for monitoring only.
         real_agent = self.agent(mode)
 
         @jax.jit
-        def evaluate(params, key) -> EpisodeStats:
-            return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, max_steps,
-                                   ccfg.chunk_steps, self.mesh)
+        def evaluate_with(params, key, wm, dream_params) -> EpisodeStats:
+            return evaluate_params(env, dream_params if dream else self.env_params, agent, wm, params, key,
+                                   es.eval_episodes, max_steps, ccfg.chunk_steps, self.mesh)
 
         @jax.jit
-        def evaluate_real(params, key) -> EpisodeStats:
+        def evaluate_real_with(params, key, wm) -> EpisodeStats:
             return evaluate_params(self.env, self.env_params, real_agent, wm, params, key, es.eval_episodes,
                                    max_steps, ccfg.chunk_steps, self.mesh)
 
         template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
         sigma_init = ccfg.sigma_init_for(agent.controller.config.input_size)
         init, run_chunk, mean_params = make_evolution(fitness, template, dataclasses.replace(es, sigma_init=sigma_init))
-        return ControllerTraining(template=template, init=init, run_chunk=run_chunk, mean_params=mean_params,
-                                  evaluate=evaluate, evaluate_real=evaluate_real)
+        return ControllerTraining(
+            template=template, init=init, mean_params=mean_params,
+            run_chunk=lambda state, generations: run_chunk(state, generations, *inputs),
+            evaluate=lambda params, key: evaluate_with(params, key, *inputs),
+            evaluate_real=lambda params, key: evaluate_real_with(params, key, wm))
 
     def _train_controller(self, mode: str):
         ccfg = self.config.controller
@@ -633,10 +640,10 @@ class Pipeline:
         if hold:
             means = wm.feature_stats if wm.feature_stats is not None else self.feature_stats(self.memory_params())
             wm = wm.replace(held={name: means[f"{name}_mean"] for name in hold})
-        episodes = jax.jit(lambda p, k: evaluate_params(
+        episodes = jax.jit(lambda p, k, wm: evaluate_params(
             self.env, self.env_params, agent, wm, p, k, cfg.episodes, max_steps,
             self.config.controller.chunk_steps, self.mesh))(self.replicated(self.controller_params(mode)),
-                                                            self.key("evaluate"))
+                                                            self.key("evaluate"), wm)
         return summarize_returns(episodes.returns)
 
     def _evaluate(self):

@@ -57,8 +57,8 @@ def dream_vs_real_gif(pipeline, steps: int, observe_steps: int = 10, temperature
     c_params = pipeline.controller_params(mode)
     key = jax.random.PRNGKey(pipeline.config.seed + 123)
 
-    @jax.jit
-    def record(key):
+    @jax.jit  # V's, M's and C's parameters are arguments, not constants in the program
+    def record(key, wm, c_params):
         key_reset, key_run = jax.random.split(key)
         obs, state = env.reset(key_reset, env_params)
 
@@ -73,11 +73,11 @@ def dream_vs_real_gif(pipeline, steps: int, observe_steps: int = 10, temperature
                                             jax.random.split(key_run, steps))
         return frames, actions
 
-    frames, actions = record(key)
+    frames, actions = record(key, wm, c_params)
     vae, memory = for_inference(pipeline.vae), pipeline.memory
 
     @jax.jit
-    def imagine(frames, actions, key):
+    def imagine(frames, actions, key, wm):
         mu, _ = vae.apply({"params": wm.vae}, frames, method=ConvVAE.encode)
         recon = vae.apply({"params": wm.vae}, mu, method=ConvVAE.decode)
         encoded = pipeline.action_encoder(actions)
@@ -95,7 +95,7 @@ def dream_vs_real_gif(pipeline, steps: int, observe_steps: int = 10, temperature
         dream = vae.apply({"params": wm.vae}, z_dream, method=ConvVAE.decode)
         return recon, dream
 
-    recon, dream = imagine(frames, actions, key)
+    recon, dream = imagine(frames, actions, key, wm)
     to_u8 = lambda x: np.asarray(jnp.clip(x * 255, 0, 255)).astype(np.uint8)  # noqa: E731
     frames, recon, dream = np.asarray(frames), to_u8(recon), to_u8(dream)
     movie = []
@@ -174,8 +174,8 @@ def imagined_episode_gif(pipeline, path, steps: int, temperature: float, mode: s
     wm = pipeline.world_model_params(False)
     z_size = pipeline.config.vae.z_size
 
-    @jax.jit
-    def dream(key):
+    @jax.jit  # M's starting frames and V's, M's and C's parameters are arguments, not constants in the program
+    def dream(key, env_params, wm, c_params, vae_params):
         key_reset, key_run = jax.random.split(key)
         obs, state = env.reset(key_reset, env_params)
 
@@ -190,7 +190,7 @@ def imagined_episode_gif(pipeline, path, steps: int, temperature: float, mode: s
         frames = pipeline.vae.apply({"params": vae_params}, zs, method=ConvVAE.decode)
         return frames, alive
 
-    frames, alive = dream(jax.random.PRNGKey(pipeline.config.seed + 7))
+    frames, alive = dream(jax.random.PRNGKey(pipeline.config.seed + 7), env_params, wm, c_params, vae_params)
     frames = np.asarray(jnp.clip(frames * 255, 0, 255)).astype(np.uint8)
     alive = np.asarray(alive)
     length = int(alive.sum())

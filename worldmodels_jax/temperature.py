@@ -74,17 +74,25 @@ def train_in_dream(pipeline, temperature: float, mode: str | None = None, es: ES
     max_steps = pipeline._max_steps(ccfg.max_episode_steps)
     eval_steps = int(env_params.max_steps_in_episode)
 
-    def fitness(population, key):
+    # M's parameters and the starting frames are arguments of the compiled programs, not constants in them
+    def fitness(population, key, env_params, wm):
         return population_returns(env, env_params, agent, wm, population, key, es.rollouts, max_steps,
                                   ccfg.chunk_steps, es.common_random_numbers, pipeline.mesh)
 
     @jax.jit
-    def evaluate_mean(params, key):
+    def evaluate_with(params, key, env_params, wm):
         return evaluate_params(env, env_params, agent, wm, params, key, es.eval_episodes, eval_steps,
                                ccfg.chunk_steps, pipeline.mesh).returns
 
     template = init_controller(jax.random.PRNGKey(0), agent.controller.config)
-    init, run_chunk, mean_params = make_evolution(fitness, template, es)
+    init, run_chunk_with, mean_params = make_evolution(fitness, template, es)
+
+    def run_chunk(state, generations):
+        return run_chunk_with(state, generations, env_params, wm)
+
+    def evaluate_mean(params, key):
+        return evaluate_with(params, key, env_params, wm)
+
     root = pipeline.key("train-controller")
     state = init(_tau_key(root, temperature, 0))
     key_eval = _tau_key(root, temperature, 1)
@@ -145,14 +153,15 @@ def score_in_dream_and_real(pipeline, temperature: float, c_params, mode: str, e
     real_agent = pipeline.agent(mode)
     wm_real = pipeline.world_model_params(True)
     key_dream, key_real = jax.random.split(key)
-    dream = jax.jit(lambda p, k: evaluate_params(env, env_params, dream_agent, wm_dream, p, k, episodes,
-                                                 int(env_params.max_steps_in_episode), ccfg.chunk_steps,
-                                                 pipeline.mesh).returns)
-    real = jax.jit(lambda p, k: evaluate_params(pipeline.env, pipeline.env_params, real_agent, wm_real, p, k,
-                                                episodes, pipeline._max_steps(0), ccfg.chunk_steps,
-                                                pipeline.mesh).returns)
+    dream_steps = int(env_params.max_steps_in_episode)
+    dream = jax.jit(lambda p, k, env_params, wm: evaluate_params(env, env_params, dream_agent, wm, p, k, episodes,
+                                                                 dream_steps, ccfg.chunk_steps, pipeline.mesh).returns)
+    real = jax.jit(lambda p, k, wm: evaluate_params(pipeline.env, pipeline.env_params, real_agent, wm, p, k,
+                                                    episodes, pipeline._max_steps(0), ccfg.chunk_steps,
+                                                    pipeline.mesh).returns)
     c_params = pipeline.replicated(c_params)
-    return {"dream": summarize_returns(dream(c_params, key_dream)), "real": summarize_returns(real(c_params, key_real))}
+    return {"dream": summarize_returns(dream(c_params, key_dream, env_params, wm_dream)),
+            "real": summarize_returns(real(c_params, key_real, wm_real))}
 
 
 def score_random(pipeline, episodes: int, key: jax.Array, dream_temperature: float = 1.0) -> dict:
