@@ -7,7 +7,7 @@
 `fitness_fn(population, key, *fitness_args) -> returns [P]` is maximised; evosax minimises, so `tell` gets
 −fitness. Non-finite fitness is counted as the worst value and reported in the metrics. `fitness_args` are
 arguments of the compiled chunk (for example V's and M's parameters): arrays the fitness closed over instead would
-be embedded in the program as constants, which slows its compilation and ties it to those values.
+be embedded in the program as constants, which ties it to those values (no compilation cache serves other ones).
 """
 
 from __future__ import annotations

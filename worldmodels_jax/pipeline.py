@@ -471,9 +471,10 @@ class Pipeline:
             env, dream_params = self.env, None
             agent = self.agent(mode)
         max_steps = self._max_steps(ccfg.max_episode_steps)
-        # V's and M's parameters (and the dream's, M's and its starting frames) are arguments of the compiled
-        # programs: closed over, they would be embedded as constants, which slows compiling and ties each program
-        # to one run's weights. The real env's parameters are a few scalars and stay constants.
+        # V's and M's parameters (and the dream's: M's, its starting frames and τ) are arguments of the compiled
+        # programs: closed over, they would be embedded as constants, tying each program to one run's weights, so
+        # that no compilation cache could serve another run (compile_cache.py). The real env's parameters are a
+        # few scalars and stay constants.
         inputs = (wm, dream_params)
 
         def fitness(population, key, wm, dream_params):
