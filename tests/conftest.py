@@ -24,7 +24,9 @@ SUITE_CACHE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", 
 os.environ["JAX_COMPILATION_CACHE_DIR"] = SUITE_CACHE_DIR
 
 import fcntl  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
+import time  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -106,9 +108,6 @@ if os.environ.get("WMJ_COMPILE_PROFILE"):
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):  # runs where the test runs (an xdist worker), setup to teardown
-        import json
-        import time
-
         _compile_seconds.clear()
         start = time.perf_counter()
         yield

@@ -287,14 +287,16 @@ which were seen to run mismatched collectives when they raced on one cache direc
 
 
 def _apply_compilation_cache(command: str, rest: list[str]) -> list[str]:
-    """Takes `--compilation-cache` out of `rest` and applies it, except for NO_COMPILATION_CACHE's commands."""
+    """Takes `--compilation-cache` out of `rest` and applies it. NO_COMPILATION_CACHE's commands keep it in `rest`,
+    so that their own parsers reject it rather than ignore it."""
     from worldmodels_jax.compile_cache import add_compilation_cache_option, use_compilation_cache
 
+    if command in NO_COMPILATION_CACHE:
+        return rest
     parser = argparse.ArgumentParser(add_help=False)
     add_compilation_cache_option(parser)
     args, rest = parser.parse_known_args(rest)
-    if command not in NO_COMPILATION_CACHE:
-        use_compilation_cache(args.compilation_cache)
+    use_compilation_cache(args.compilation_cache)
     return rest
 
 
